@@ -1,0 +1,134 @@
+"""PyramidNet for CIFAR (Han et al. 2017, "Deep Pyramidal Residual Networks"), with optional
+ShakeDrop (Yamada et al. 2018, "ShakeDrop Regularization for Deep Residual Learning").
+
+The width grows by ``alpha / N`` channels per block over all N blocks (three stages of
+(depth - 2) / 9 bottleneck or (depth - 2) / 6 basic blocks); shortcuts are identity (average
+pool when strided) with zero-padded extra channels. PyramidNet-272 (alpha 200, bottleneck)
+has 26,210,842 parameters for 10 classes (the paper rounds to 26.0M).
+
+ShakeDrop scales the residual branch by ``b + alpha - b * alpha`` on the forward pass and
+``b + beta - b * beta`` on the backward pass, with b ~ Bernoulli(1 - p_l), alpha ~ U(-1, 1) and
+beta ~ U(0, 1) drawn per sample (as in google-research/sam), all in the forward pass from
+torch's global generator. The drop probability p_l grows linearly to 0.5 at the last block;
+evaluation scales the branch by its expectation, 1 - p_l.
+"""
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sam.models.shake import per_sample_uniform, shake_scale
+
+
+class ShakeDrop(nn.Module):
+    """ShakeDrop on a residual branch with drop probability ``p_drop``."""
+
+    def __init__(self, p_drop: float) -> None:
+        super().__init__()
+        self.p_drop = p_drop
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return (1 - self.p_drop) * x
+        gate = (per_sample_uniform(x) >= self.p_drop).to(x.dtype)  # 1 keeps the branch as is
+        alpha = per_sample_uniform(x, -1.0, 1.0)
+        beta = per_sample_uniform(x, 0.0, 1.0)
+        return shake_scale(x, gate + alpha - gate * alpha, gate + beta - gate * beta)
+
+    def extra_repr(self) -> str:
+        return f"p_drop={self.p_drop:.4f}"
+
+
+class PyramidBlock(nn.Module):
+    """Pyramidal residual block: BN-conv-...-BN with no final ReLU, optional ShakeDrop.
+
+    Bottleneck: BN-1x1-BN-ReLU-3x3-BN-ReLU-1x1(x4)-BN; basic: BN-3x3-BN-ReLU-3x3-BN.
+    """
+
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, bottleneck: bool, p_drop: float | None
+    ) -> None:
+        super().__init__()
+        self.out_planes = planes * (4 if bottleneck else 1)
+        layers: list[nn.Module] = [nn.BatchNorm2d(in_planes)]
+        if bottleneck:
+            layers += [
+                nn.Conv2d(in_planes, planes, 1, bias=False),
+                nn.BatchNorm2d(planes),
+                nn.ReLU(),
+                nn.Conv2d(planes, planes, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(planes),
+                nn.ReLU(),
+                nn.Conv2d(planes, self.out_planes, 1, bias=False),
+            ]
+        else:
+            layers += [
+                nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(planes),
+                nn.ReLU(),
+                nn.Conv2d(planes, planes, 3, 1, 1, bias=False),
+            ]
+        layers.append(nn.BatchNorm2d(self.out_planes))
+        self.branch = nn.Sequential(*layers)
+        self.shakedrop = ShakeDrop(p_drop) if p_drop is not None else nn.Identity()
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        o = self.shakedrop(self.branch(x))
+        shortcut = F.avg_pool2d(x, 2, ceil_mode=True) if self.stride != 1 else x
+        extra = o.shape[1] - shortcut.shape[1]
+        if extra > 0:
+            shortcut = F.pad(shortcut, (0, 0, 0, 0, 0, extra))
+        return o + shortcut
+
+
+class PyramidNet(nn.Module):
+    """PyramidNet-``depth`` with widening factor ``alpha`` for 32x32 inputs.
+
+    ``shakedrop=True`` adds ShakeDrop to every block with drop probability rising linearly
+    from 0.5 / N at the first block to 0.5 at the last.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        alpha: int,
+        num_classes: int,
+        bottleneck: bool = True,
+        shakedrop: bool = False,
+    ) -> None:
+        super().__init__()
+        per_block = 9 if bottleneck else 6
+        if (depth - 2) % per_block != 0:
+            raise ValueError(f"PyramidNet depth must be {per_block}n+2, got {depth}")
+        n = (depth - 2) // per_block
+        num_blocks = 3 * n
+        add_rate = alpha / num_blocks
+
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        blocks: list[PyramidBlock] = []
+        in_planes, width = 16, 16.0
+        for i in range(num_blocks):
+            width += add_rate
+            stride = 2 if i in (n, 2 * n) else 1
+            p_drop = 0.5 * (i + 1) / num_blocks if shakedrop else None
+            block = PyramidBlock(in_planes, round(width), stride, bottleneck, p_drop)
+            blocks.append(block)
+            in_planes = block.out_planes
+        self.blocks = nn.Sequential(*blocks)
+        self.bn_final = nn.BatchNorm2d(in_planes)
+        self.fc = nn.Linear(in_planes, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        o = self.blocks(self.bn1(self.conv1(x)))
+        o = F.relu(self.bn_final(o))
+        o = F.adaptive_avg_pool2d(o, 1).flatten(1)
+        return self.fc(o)

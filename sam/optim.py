@@ -1,0 +1,365 @@
+"""Sharpness-Aware Minimization (Foret et al., ICLR 2021) for any torch optimizer.
+
+Pure torch, imports nothing else of the project. Two ways to use it:
+
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+    loss = sam_step(model, opt, F.cross_entropy, x, y)          # one call per batch
+
+or the explicit two-step form
+
+    loss_fn(model(x), y).backward(); opt.first_step(zero_grad=True)   # w -> w + eps
+    loss_fn(model(x), y).backward(); opt.second_step(zero_grad=True)  # restore w, base step
+
+Weight decay (lambda) has two conventions, chosen by ``wd_mode``:
+
+* ``"base"`` (default): the base optimizer applies ``weight_decay`` at w, after the
+  restore; the ascent direction is the gradient of the data loss only. This is the
+  paper's objective (eq. 1: min_w L^SAM(w) + lambda ||w||^2, the sharpness term
+  involves L_S alone) and what the common PyTorch wrappers do.
+* ``"loss"``: the L2 term lambda/2 ||w||^2 behaves as if it were part of the loss,
+  as in the official JAX implementation: the ascent gradient is g + lambda w and the
+  descent gradient is grad L(w + eps) + lambda (w + eps); the base optimizer then
+  runs with weight_decay = 0.
+
+fp16 with ``torch.amp.GradScaler``: eps = rho g / ||g|| is invariant to the loss
+scale, so ``first_step`` may run on scaled gradients. Unscale (and clip) only the
+descent gradient, on ``opt.base_optimizer``, after ``unperturb()``:
+``opt.unperturb(); scaler.unscale_(opt.base_optimizer); scaler.step(opt.base_optimizer);
+scaler.update()``. An inf/NaN in either pass makes the descent gradient non-finite,
+so the scaler skips the base step while the weights are already restored exactly.
+``sam_step(..., scaler=scaler)`` does all of this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+_GUARD = 1e-12  # keeps rho / ||g|| finite for a zero gradient (eps is then exactly 0)
+
+
+class SAM(torch.optim.Optimizer):
+    """SAM wrapper around a base optimizer class.
+
+    Ascent: eps = rho g / ||g||_2 (p=2, norm over ALL parameters of all groups) or
+    eps = rho sign(g) (p=inf). ASAM (adaptive=True, Kwon et al. 2021) uses
+    T_w = |w| + eta: eps = rho T_w^2 g / ||T_w g||_2 (p=2), rho T_w sign(g) (p=inf).
+    Descent: the gradient taken at w + eps drives the base optimizer from the
+    restored (bit-identical) w. The Hessian term of the full derivative is dropped.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        base_optimizer: type[torch.optim.Optimizer],
+        rho: float = 0.05,
+        p: float = 2,
+        adaptive: bool = False,
+        eta: float = 0.01,
+        wd_mode: str = "base",
+        max_grad_norm: float | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        if rho < 0:
+            raise ValueError(f"rho must be >= 0, got {rho}")
+        if p not in (2, float("inf")):
+            raise ValueError(f"p must be 2 or inf, got {p}")
+        if wd_mode not in ("base", "loss"):
+            raise ValueError(f"wd_mode must be 'base' or 'loss', got {wd_mode!r}")
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
+        l2 = 0.0
+        if wd_mode == "loss":
+            l2 = float(base_kwargs.pop("weight_decay", 0.0))
+        defaults = dict(rho=rho, p=float(p), adaptive=adaptive, eta=eta, l2=l2, **base_kwargs)
+        super().__init__(params, defaults)
+        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
+        self.param_groups = self.base_optimizer.param_groups  # shared: schedulers see one LR
+        self.defaults.update(self.base_optimizer.defaults)
+        self.max_grad_norm = max_grad_norm
+        self.perturbed = False
+
+    def _with_grad(self, group: dict) -> list[Tensor]:
+        return [p for p in group["params"] if p.grad is not None]
+
+    @torch.no_grad()
+    def _grad_norm(self) -> Tensor:
+        """||v||_2 over all groups, v = T_w (g + l2 w), T_w = |w| + eta (ASAM) or 1."""
+        norms = []
+        for group in self.param_groups:
+            params = self._with_grad(group)
+            if not params:
+                continue
+            grads = self._ascent_grads(group, params)
+            if group["adaptive"]:
+                grads = torch._foreach_mul(grads, self._scales(group, params))
+            norms.extend(torch._foreach_norm(grads, 2))
+        if not norms:
+            return torch.zeros(())
+        device = norms[0].device
+        return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), 2)
+
+    @staticmethod
+    def _ascent_grads(group: dict, params: list[Tensor]) -> list[Tensor]:
+        grads = [p.grad for p in params]
+        if group["l2"]:
+            grads = torch._foreach_add(grads, params, alpha=group["l2"])
+        return grads
+
+    @staticmethod
+    def _scales(group: dict, params: list[Tensor]) -> list[Tensor]:
+        return torch._foreach_add(torch._foreach_abs(params), group["eta"])
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Save w and move to w + eps (formula in the class docstring)."""
+        if self.perturbed:
+            raise RuntimeError("first_step called twice without unperturb/second_step")
+        norm = None
+        if any(g["p"] == 2 for g in self.param_groups):
+            norm = self._grad_norm()
+        for group in self.param_groups:
+            params = self._with_grad(group)
+            if not params:
+                continue
+            saved = [self._saved(p) for p in params]
+            torch._foreach_copy_(saved, params)
+            grads = self._ascent_grads(group, params)
+            if group["p"] == 2:
+                scale = group["rho"] / (norm.to(params[0].device) + _GUARD)
+                eps = torch._foreach_mul(grads, scale)
+                if group["adaptive"]:
+                    scales = self._scales(group, params)
+                    torch._foreach_mul_(eps, torch._foreach_mul(scales, scales))
+            else:
+                eps = torch._foreach_sign(grads)
+                torch._foreach_mul_(eps, group["rho"])
+                if group["adaptive"]:
+                    torch._foreach_mul_(eps, self._scales(group, params))
+            torch._foreach_add_(params, eps)
+        self.perturbed = True
+        if zero_grad:
+            self.zero_grad()
+
+    def _saved(self, p: Tensor) -> Tensor:
+        state = self.state[p]
+        if "old_p" not in state:
+            state["old_p"] = torch.empty_like(p)
+        return state["old_p"]
+
+    @torch.no_grad()
+    def unperturb(self) -> None:
+        """Restore w exactly from the saved copy; the gradient (taken at w + eps) stays.
+
+        In wd_mode="loss" first adds the L2 gradient at the perturbed point,
+        l2 (w + eps), to the descent gradient.
+        """
+        if not self.perturbed:
+            return
+        for group in self.param_groups:
+            params = self._with_grad(group)
+            if not params:
+                continue
+            if group["l2"]:
+                torch._foreach_add_([p.grad for p in params], params, alpha=group["l2"])
+            torch._foreach_copy_(params, [self.state[p]["old_p"] for p in params])
+        self.perturbed = False
+
+    @torch.no_grad()
+    def clip_grad_norm_(self) -> None:
+        """Scale the descent gradient so its global L2 norm is <= max_grad_norm (if set)."""
+        if self.max_grad_norm is not None:
+            params = [p for g in self.param_groups for p in self._with_grad(g)]
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore w exactly, clip the descent gradient (if set), take the base step."""
+        self.unperturb()
+        self.clip_grad_norm_()
+        self.base_optimizer.step()
+        self._opt_called = True  # tells LR schedulers that this optimizer has stepped
+        if zero_grad:
+            self.zero_grad()
+
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
+        """Full SAM step. ``closure`` computes the loss and calls ``backward`` (it may
+        zero the gradients itself); it is evaluated at w and at w + eps. Returns the
+        loss at w."""
+        if closure is None:
+            raise ValueError("SAM.step needs a closure; or call first_step/second_step")
+        self.zero_grad()
+        with torch.enable_grad():
+            loss = closure()
+        self.first_step(zero_grad=True)
+        with torch.enable_grad():
+            closure()
+        self.second_step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state (momentum buffers, groups incl. rho and lr)."""
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``state_dict()`` and keep the groups shared with the base optimizer."""
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
+
+
+def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Within the block BatchNorm layers still normalise with batch statistics (in
+    train mode) but no buffer changes: running mean/var and num_batches_tracked."""
+    bns = [m for m in _batch_norms(model) if m.track_running_stats]
+    for bn in bns:
+        bn.track_running_stats = False
+    try:
+        yield
+    finally:
+        for bn in bns:
+            bn.track_running_stats = True
+
+
+class _RngReplay:
+    """Snapshot of the RNG of a device, to replay the same dropout/shake draws."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def replay(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
+def _forward_backward(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    amp_dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[Tensor, Tensor]:
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = model(x)
+        loss = loss_fn(out, y)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    return loss.detach(), out.detach()
+
+
+def sam_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+    m: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    return_outputs: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """One training step on a batch; returns the clean-pass loss (a 0-d tensor, no sync).
+
+    With a plain optimizer: forward, backward, step. With ``SAM``: the batch of B
+    examples is cut into k = B/m shards (m=None means m=B, ordinary SAM); shard i
+    takes its own eps_i from its own gradient g_i and its own gradient at w + eps_i;
+    the descent gradient is (1/k) sum_i grad L_i(w + eps_i). The perturbed passes
+    replay the clean pass's RNG state (same dropout/shake draws) and touch no
+    BatchNorm buffer; the BatchNorm running statistics get ONE update per step from
+    the mean of the shards' batch statistics (for k=1: exactly one clean forward),
+    as the official code averages per-replica statistics.
+    ``return_outputs`` also returns the clean-pass model outputs (for train error).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if not isinstance(optimizer, SAM):
+        loss, out = _forward_backward(model, loss_fn, inputs, targets, amp_dtype, scaler)
+        _base_step(optimizer, scaler, None)
+        return (loss, out) if return_outputs else loss
+    if scaler is not None and any(g["l2"] for g in optimizer.param_groups):
+        raise ValueError("GradScaler with wd_mode='loss' is not supported; use bf16 or 'base'")
+    batch = inputs.shape[0]
+    m = batch if m is None else m
+    if m <= 0 or batch % m:
+        raise ValueError(f"m={m} must divide the batch size {batch}")
+    shards = batch // m
+    if shards == 1:
+        loss, out = _sam_shard(model, optimizer, loss_fn, inputs, targets, amp_dtype, scaler)
+    else:
+        loss, out = _sam_shards(model, optimizer, loss_fn, inputs, targets, m, amp_dtype, scaler)
+    _base_step(optimizer, scaler, optimizer)
+    return (loss, out) if return_outputs else loss
+
+
+def _sam_shard(model, optimizer, loss_fn, x, y, amp_dtype, scaler) -> tuple[Tensor, Tensor]:
+    """Clean pass, ascent, perturbed pass, restore: p.grad holds grad L(w + eps)."""
+    rng = _RngReplay(x.device)
+    loss, out = _forward_backward(model, loss_fn, x, y, amp_dtype, scaler)
+    optimizer.first_step(zero_grad=True)
+    rng.replay()
+    with frozen_bn_stats(model):
+        _forward_backward(model, loss_fn, x, y, amp_dtype, scaler)
+    optimizer.unperturb()
+    return loss, out
+
+
+def _sam_shards(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler) -> tuple[Tensor, Tensor]:
+    """m-sharpness: per-shard SAM gradients averaged; BN stats averaged over shards."""
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+    # every shard's clean pass starts from the same BN buffers (num_batches_tracked
+    # included), so each ends with one update from its own statistics; we keep the mean
+    bn_buffers = [b for bn in _batch_norms(model) if bn.track_running_stats
+                  for b in (bn.running_mean, bn.running_var, bn.num_batches_tracked)
+                  if b is not None]
+    start = [b.clone() for b in bn_buffers]
+    bn_sum = [torch.zeros_like(b, dtype=torch.float64) for b in bn_buffers]
+    grad_sum = [torch.zeros_like(p) for p in params]
+    losses, outs = [], []
+    for xs, ys in zip(x.split(m), y.split(m), strict=True):
+        if bn_buffers:
+            torch._foreach_copy_(bn_buffers, start)
+        optimizer.zero_grad(set_to_none=True)
+        loss, out = _sam_shard(model, optimizer, loss_fn, xs, ys, amp_dtype, scaler)
+        losses.append(loss)
+        outs.append(out)
+        for total, b in zip(bn_sum, bn_buffers, strict=True):
+            total.add_(b)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        torch._foreach_add_(grad_sum, grads)
+    shards = len(losses)
+    with torch.no_grad():
+        for b, total in zip(bn_buffers, bn_sum, strict=True):
+            b.copy_(total / shards)
+        for p, g in zip(params, torch._foreach_div(grad_sum, shards), strict=True):
+            p.grad = g
+    return torch.stack(losses).mean(), torch.cat(outs)
+
+
+def _base_step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    sam: SAM | None,
+) -> None:
+    """Unscale (fp16), clip (SAM's max_grad_norm) and apply the descent gradient."""
+    base = sam.base_optimizer if sam is not None else optimizer
+    if scaler is not None:
+        scaler.unscale_(base)
+    if sam is not None:
+        sam.clip_grad_norm_()
+    if scaler is not None:
+        scaler.step(base)
+        scaler.update()
+    else:
+        base.step()
+    if sam is not None:
+        sam._opt_called = True

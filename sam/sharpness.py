@@ -1,0 +1,508 @@
+"""Sharpness measurements from the SAM paper (Foret et al., ICLR 2021), for any torch model.
+
+- Section 4.1, m-sharpness: the mean over disjoint shards S of m training examples of
+  ``max_{||eps||_p <= rho} L_S(w + eps) - L_S(w)`` (:func:`m_sharpness`).
+- Section 4.2, Hessian spectrum of the training loss: top eigenvalues by Lanczos with full
+  re-orthogonalisation (:func:`lanczos`), the trace by Hutchinson's estimator
+  (:func:`hutchinson_trace`), the spectral density by stochastic Lanczos quadrature
+  (:func:`slq_density`, Ghorbani et al. 2019) and the summary the trainer logs
+  (:func:`hessian_summary`).
+
+Every Hessian routine only talks to the loss through a Hessian-vector product ``hvp(v) = H v``
+on the flattened trainable parameters, built by :func:`hvp_fn` from a fixed list of batches.
+``loss_fn(model(x), y)`` must return the *mean* loss of the batch (the default reduction of
+``torch.nn.functional.cross_entropy`` / ``mse_loss``). Only :mod:`sam.errors` is imported from
+the project.
+"""
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sam.errors import UserError
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Hvp = Callable[[Tensor], Tensor]
+Batch = tuple[Tensor, Tensor]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("the model has no trainable parameters: set requires_grad=True on some")
+    return params
+
+
+def _flatten(tensors: Sequence[Tensor | None], like: Sequence[Tensor]) -> Tensor:
+    """Concatenate ``tensors`` into one vector, with zeros where an entry is None."""
+    parts = [
+        (t if t is not None else torch.zeros_like(p)).reshape(-1)
+        for t, p in zip(tensors, like, strict=True)
+    ]
+    return torch.cat(parts)
+
+
+def _unflatten(vec: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    out, start = [], 0
+    for p in like:
+        out.append(vec[start : start + p.numel()].view_as(p))
+        start += p.numel()
+    return out
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def _randn(dim: int, gen: torch.Generator, dtype: torch.dtype, device: Any) -> Tensor:
+    return torch.randn(dim, generator=gen, dtype=dtype).to(device)
+
+
+def _rademacher(dim: int, gen: torch.Generator, dtype: torch.dtype, device: Any) -> Tensor:
+    return (torch.randint(0, 2, (dim,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise UserError(f"{name} must be a positive integer, got {value}: pass {name} >= 1")
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode, then restore each one's own ``training`` flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+# --------------------------------------------------------------------------- Hessian-vector product
+
+
+def hvp_fn(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch]) -> Hvp:
+    """Hessian-vector product of the mean training loss over a fixed list of batches.
+
+    ``L(w) = sum_b (n_b / N) L_b(w)`` with ``L_b = loss_fn(model(x_b), y_b)`` the batch-mean loss,
+    ``n_b = len(x_b)`` and ``N = sum_b n_b``, so ``L`` is the mean loss over all N examples even
+    when the batches differ in size. The returned function maps a vector ``v`` of length
+    ``dim = sum of numel over the trainable parameters`` (in ``model.parameters()`` order) to
+
+        ``H v = sum_b (n_b / N) grad_w (grad_w L_b(w) . v)``
+
+    by double backward, one batch at a time, so memory stays that of one batch. ``v`` is cast
+    to the parameters' dtype and device; the result has the parameters' dtype and device.
+    Parameter ``.grad`` fields are not touched.
+
+    The model's mode is the caller's business: put it in eval mode first so that BatchNorm uses
+    (and does not update) its running statistics and dropout is off; otherwise each product
+    sees different batch statistics / masks and is not a fixed linear map.
+    """
+    if len(batches) == 0:
+        raise UserError("hvp_fn got no batches: pass a non-empty list of (x, y) pairs")
+    params = _trainable(model)
+    total = sum(len(x) for x, _ in batches)
+
+    def hvp(v: Tensor) -> Tensor:
+        v = v.to(dtype=params[0].dtype, device=params[0].device)
+        vs = _unflatten(v, params)
+        out = torch.zeros_like(v)
+        for x, y in batches:
+            loss = loss_fn(model(x), y)
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            dot = sum(
+                ((g * u).sum() for g, u in zip(grads, vs, strict=True) if g is not None),
+                start=loss.new_zeros(()),
+            )
+            if not dot.requires_grad:  # the loss is at most linear in the parameters
+                continue
+            hv = torch.autograd.grad(dot, params, allow_unused=True)
+            out.add_(_flatten(hv, params), alpha=len(x) / total)
+        return out
+
+    return hvp
+
+
+def num_params(model: nn.Module) -> int:
+    """Length ``dim`` of the flattened trainable-parameter vector that :func:`hvp_fn` acts on."""
+    return sum(p.numel() for p in _trainable(model))
+
+
+# --------------------------------------------------------------------------- Lanczos
+
+
+def lanczos_tridiag(
+    hvp: Hvp,
+    dim: int,
+    iters: int,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: Any = None,
+    v0: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Lanczos tridiagonalisation of the symmetric operator ``hvp`` with full re-orthogonalisation.
+
+    From ``q_1 = v0 / ||v0||`` (``v0 ~ N(0, I)`` drawn from ``seed`` when not given) it builds an
+    orthonormal basis ``Q = [q_1 .. q_m]`` of the Krylov space, ``m = min(iters, dim)``, with
+
+        ``alpha_j = q_j^T H q_j``,
+        ``beta_j q_{j+1} = (I - Q_j Q_j^T) H q_j``  (Gram-Schmidt against *all* q, twice),
+
+    so that ``Q^T H Q = T = tridiag(beta, alpha, beta)``. If ``beta_j`` vanishes (the Krylov space
+    is invariant), the run continues from a fresh random vector orthogonal to Q with
+    ``beta_j = 0``, so ``iters = dim`` recovers every eigenvalue with its multiplicity.
+
+    Returns ``(alphas, betas)``: float64 CPU tensors of length m and m - 1. The m Lanczos vectors
+    are kept in ``dtype`` on ``device`` (CPU when None): memory ``m * dim`` numbers.
+    """
+    _check_positive("iters", iters)
+    _check_positive("dim", dim)
+    m = min(iters, dim)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    gen = _generator(seed)
+    q = _randn(dim, gen, dtype, device) if v0 is None else v0.to(dtype=dtype, device=device)
+    basis = torch.zeros(m, dim, dtype=dtype, device=device)
+    basis[0] = q / q.norm()
+    alphas: list[float] = []
+    betas: list[float] = []
+    scale = 0.0  # running estimate of ||H||, for the breakdown test
+    tol = 10.0 * math.sqrt(dim) * torch.finfo(dtype).eps
+    for j in range(m):
+        w = hvp(basis[j]).to(dtype=dtype, device=device)
+        alpha = float(basis[j] @ w)
+        alphas.append(alpha)
+        w = _orthogonalise(w, basis[: j + 1])
+        beta = float(w.norm())
+        scale = max(scale, abs(alpha), beta)
+        if j == m - 1:
+            break
+        if beta <= tol * scale:  # invariant subspace found: restart orthogonally
+            beta = 0.0
+            w = _orthogonalise(_randn(dim, gen, dtype, device), basis[: j + 1])
+        betas.append(beta)
+        basis[j + 1] = w / w.norm()
+    return torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64)
+
+
+def _orthogonalise(w: Tensor, basis: Tensor) -> Tensor:
+    """``w - Q Q^T w``, done twice (classical Gram-Schmidt with re-orthogonalisation)."""
+    for _ in range(2):
+        w = w - basis.T @ (basis @ w)
+    return w
+
+
+def tridiag_matrix(alphas: Tensor, betas: Tensor) -> Tensor:
+    """The symmetric tridiagonal ``T`` with diagonal ``alphas`` and off-diagonals ``betas``."""
+    return torch.diag(alphas) + torch.diag(betas, 1) + torch.diag(betas, -1)
+
+
+def lanczos(
+    hvp: Hvp,
+    dim: int,
+    k: int,
+    iters: int,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: Any = None,
+) -> Tensor:
+    """Top-k (largest algebraic) Hessian eigenvalues, in descending order, by Lanczos.
+
+    ``lambda_1 >= ... >= lambda_k`` are approximated by the k largest Ritz values, the
+    eigenvalues of ``T = Q^T H Q`` from :func:`lanczos_tridiag` (``torch.linalg.eigvalsh``).
+    Ritz values are lower bounds that converge from below, fastest for well separated extreme
+    eigenvalues; with ``iters >= dim`` they are the exact eigenvalues. Returns a float64 tensor.
+    """
+    _check_positive("k", k)
+    if k > min(iters, dim):
+        raise UserError(f"lanczos: k={k} exceeds min(iters, dim)={min(iters, dim)}: raise iters")
+    alphas, betas = lanczos_tridiag(hvp, dim, iters, seed=seed, dtype=dtype, device=device)
+    ritz = torch.linalg.eigvalsh(tridiag_matrix(alphas, betas))
+    return ritz.flip(0)[:k]
+
+
+# --------------------------------------------------------------------------- trace
+
+
+def hutchinson_trace(
+    hvp: Hvp,
+    dim: int,
+    samples: int,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: Any = None,
+) -> tuple[float, float]:
+    """Hutchinson's estimate of ``tr(H)`` with Rademacher probes, and its standard error.
+
+    ``tr(H) = E[z^T H z]`` for ``z`` with i.i.d. +-1 entries; returns the sample mean of
+    ``z_s^T H z_s`` over ``samples`` probes and its standard error ``std / sqrt(samples)``
+    (sample std with Bessel's correction). The estimator's variance is
+    ``2 sum_{i != j} H_ij^2``.
+    """
+    if samples < 2:
+        raise UserError(f"hutchinson_trace needs samples >= 2 for a standard error, got {samples}")
+    device = torch.device("cpu") if device is None else torch.device(device)
+    gen = _generator(seed)
+    values = torch.empty(samples, dtype=torch.float64)
+    for s in range(samples):
+        z = _rademacher(dim, gen, dtype, device)
+        values[s] = float(z @ hvp(z).to(dtype=dtype, device=device))
+    return float(values.mean()), float(values.std() / math.sqrt(samples))
+
+
+# --------------------------------------------------------------------------- spectral density
+
+
+def slq_density(
+    hvp: Hvp,
+    dim: int,
+    iters: int,
+    runs: int,
+    seed: int = 0,
+    grid: Tensor | int = 1000,
+    sigma: float | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: Any = None,
+) -> tuple[Tensor, Tensor]:
+    """Hessian spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
+
+    Each run r starts Lanczos from a fresh ``v_r ~ N(0, I)``; with ``T_r = U diag(theta) U^T``
+    the Gauss quadrature nodes are the Ritz values ``theta_i`` and the weights
+    ``tau_i = U_{1i}^2`` (sum 1). The density is the Gaussian-broadened average
+
+        ``phi(t) = (1 / runs) sum_r sum_i tau_i^(r) N(t; theta_i^(r), sigma^2)``,
+
+    an estimate of ``(1 / dim) sum_k N(t; lambda_k, sigma^2)``; it integrates to 1 and its
+    first moment is ``mean_r v_r^T H v_r / ||v_r||^2`` (unbiased for ``tr(H) / dim``).
+
+    ``grid``: the points t (a 1-D tensor), or their number, spread over ``[min theta - 5 sigma,
+    max theta + 5 sigma]``. ``sigma`` defaults to 1% of the Ritz value range. Returns float64
+    CPU tensors ``(grid, density)``.
+    """
+    _check_positive("runs", runs)
+    gen = _generator(seed)
+    nodes, weights = [], []
+    for run in range(runs):
+        v0 = torch.randn(dim, generator=gen, dtype=dtype)
+        alphas, betas = lanczos_tridiag(
+            hvp, dim, iters, seed=seed + run + 1, dtype=dtype, device=device, v0=v0
+        )
+        theta, vecs = torch.linalg.eigh(tridiag_matrix(alphas, betas))
+        nodes.append(theta)
+        weights.append(vecs[0] ** 2)
+    theta, tau = torch.cat(nodes), torch.cat(weights) / runs
+    sigma = _default_sigma(theta) if sigma is None else sigma
+    if sigma <= 0:
+        raise UserError(f"slq_density: sigma must be > 0, got {sigma}: pass a positive width")
+    if isinstance(grid, int):
+        lo, hi = float(theta.min()) - 5 * sigma, float(theta.max()) + 5 * sigma
+        grid = torch.linspace(lo, hi, grid, dtype=torch.float64)
+    grid = grid.to(dtype=torch.float64, device="cpu")
+    return grid, _gaussian_mixture(grid, theta, tau, sigma)
+
+
+def _default_sigma(theta: Tensor) -> float:
+    span = float(theta.max() - theta.min())
+    return 0.01 * span if span > 0 else 0.01 * max(float(theta.abs().max()), 1.0)
+
+
+def _gaussian_mixture(grid: Tensor, centres: Tensor, weights: Tensor, sigma: float) -> Tensor:
+    """``sum_i weights_i N(grid; centres_i, sigma^2)``, evaluated in chunks of the grid."""
+    norm = 1.0 / (sigma * math.sqrt(2 * math.pi))
+    chunks = [
+        (torch.exp(-0.5 * ((g[:, None] - centres[None, :]) / sigma) ** 2) * norm) @ weights
+        for g in grid.split(4096)
+    ]
+    return torch.cat(chunks)
+
+
+def plot_density(grid: Tensor, density: Tensor, path: str | Path) -> Path:
+    """Write the spectral density ``phi(t)`` against the eigenvalue ``t`` as a PNG, log y-axis.
+
+    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change); densities
+    below ``1e-12 * max(density)`` are clipped there so the log scale stays readable.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dens = density.detach().double().cpu()
+    floor = max(float(dens.max()) * 1e-12, torch.finfo(torch.float64).tiny)
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot(grid.detach().double().cpu().numpy(), dens.clamp_min(floor).numpy())
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density (log scale)")
+    ax.set_title("Hessian spectral density (SLQ)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def hessian_summary(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Batch],
+    k: int = 5,
+    iters: int = 20,
+    trace_samples: int = 10,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> dict[str, Any]:
+    """Hessian statistics of the mean training loss over ``batches`` (paper section 4.2).
+
+    Returns ``{"lambda_max": lambda_1, "lambda_ratio": lambda_1 / lambda_5, "top_k": [lambda_1
+    .. lambda_k], "trace": Hutchinson estimate of tr(H), "trace_stderr": its standard error,
+    "dim": number of parameters, "iters": iters, "trace_samples": trace_samples}``, eigenvalues
+    by :func:`lanczos` (``iters`` steps) and the trace by :func:`hutchinson_trace`.
+    ``lambda_ratio`` is NaN when ``k < 5`` or ``lambda_5 == 0``.
+
+    The model is put in eval mode for the measurement (BatchNorm uses its running statistics,
+    dropout is off) and every submodule's mode is restored afterwards.
+    """
+    with _eval_mode(model):
+        hvp = hvp_fn(model, loss_fn, batches)
+        dim = num_params(model)
+        device = next(p.device for p in _trainable(model))
+        top = lanczos(hvp, dim, k, iters, seed=seed, dtype=dtype, device=device).tolist()
+        trace, stderr = hutchinson_trace(hvp, dim, trace_samples, seed, dtype, device)
+    ratio = top[0] / top[4] if len(top) >= 5 and top[4] != 0 else float("nan")
+    return {
+        "lambda_max": top[0],
+        "lambda_ratio": ratio,
+        "top_k": top,
+        "trace": trace,
+        "trace_stderr": stderr,
+        "dim": dim,
+        "iters": iters,
+        "trace_samples": trace_samples,
+    }
+
+
+# --------------------------------------------------------------------------- m-sharpness
+
+
+def m_sharpness(
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: Tensor,
+    y: Tensor,
+    m: int,
+    rho: float,
+    ascent_steps: int = 1,
+    p: float = 2,
+) -> float:
+    """m-sharpness (paper section 4.1): the mean over the ``len(x) / m`` disjoint shards S of
+
+        ``max_{||eps||_p <= rho} L_S(w + eps) - L_S(w)``,
+
+    ``L_S = loss_fn(model(x_S), y_S)`` the shard-mean loss, shards taken in order. The max is
+    approximated by ``ascent_steps`` steps of projected normalised-gradient ascent from eps = 0,
+
+        ``eps <- Proj_{||.||_p <= rho}(eps + rho d(g))``, ``g = grad L_S(w + eps)``,
+
+    with ``d(g) = g / ||g||_2`` for p = 2 and ``sign(g)`` for p = inf, so one step is SAM's
+    ``eps = rho g / ||g||_2`` (resp. ``rho sign(g)``); the value is the largest loss increase
+    over the visited points. Only p in {2, inf} is supported.
+
+    The model's mode is left to the caller (train mode measures what SAM's training step sees).
+    The trainable weights are restored exactly from a saved copy, and all buffers (e.g.
+    BatchNorm running statistics) are saved and restored too, so the measurement changes
+    nothing; parameter ``.grad`` fields are not touched.
+    """
+    _check_m_sharpness_args(len(x), m, rho, ascent_steps, p)
+    params = _trainable(model)
+    saved_params = [q.detach().clone() for q in params]
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    try:
+        gaps = [
+            _shard_sharpness(model, loss_fn, x[i : i + m], y[i : i + m], rho, ascent_steps, p)
+            for i in range(0, len(x), m)
+        ]
+    finally:
+        with torch.no_grad():
+            for q, saved in zip(params, saved_params, strict=True):
+                q.copy_(saved)
+            for b, saved in zip(model.buffers(), saved_buffers, strict=True):
+                b.copy_(saved)
+    return sum(gaps) / len(gaps)
+
+
+def _check_m_sharpness_args(n: int, m: int, rho: float, ascent_steps: int, p: float) -> None:
+    _check_positive("m", m)
+    _check_positive("ascent_steps", ascent_steps)
+    if n % m != 0:
+        raise UserError(f"m_sharpness: m={m} does not divide the {n} examples: pick m | {n}")
+    if rho < 0:
+        raise UserError(f"m_sharpness: rho must be >= 0, got {rho}")
+    if p not in (2, math.inf):
+        raise UserError(f"m_sharpness: p={p} is not supported: use p=2 or p=float('inf')")
+
+
+def _shard_sharpness(
+    model: nn.Module,
+    loss_fn: LossFn,
+    x: Tensor,
+    y: Tensor,
+    rho: float,
+    ascent_steps: int,
+    p: float,
+) -> float:
+    """``max_t L_S(w + eps_t) - L_S(w)`` over the ascent iterates ``eps_1 .. eps_T``."""
+    params = _trainable(model)
+    origin = [q.detach().clone() for q in params]
+    eps = [torch.zeros_like(q) for q in params]
+    base, grads = _loss_and_grad(model, loss_fn, x, y, params)
+    best = -math.inf
+    for step in range(ascent_steps):
+        eps = _ascent_step(eps, grads, rho, p)
+        with torch.no_grad():
+            for q, w0, e in zip(params, origin, eps, strict=True):
+                q.copy_(w0 + e)
+        if step == ascent_steps - 1:
+            with torch.no_grad():
+                loss = float(loss_fn(model(x), y))
+        else:
+            loss, grads = _loss_and_grad(model, loss_fn, x, y, params)
+        best = max(best, loss - base)
+    with torch.no_grad():
+        for q, w0 in zip(params, origin, strict=True):
+            q.copy_(w0)
+    return best
+
+
+def _loss_and_grad(
+    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, params: list[nn.Parameter]
+) -> tuple[float, list[Tensor]]:
+    loss = loss_fn(model(x), y)
+    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+    return float(loss.detach()), list(grads)
+
+
+def _ascent_step(eps: list[Tensor], grads: list[Tensor], rho: float, p: float) -> list[Tensor]:
+    """One projected normalised-gradient step ``Proj(eps + rho d(g))`` onto the rho-ball."""
+    if p == 2:
+        gnorm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        gnorm = gnorm.clamp_min(torch.finfo(gnorm.dtype).tiny)
+        new = [e + rho * g / gnorm for e, g in zip(eps, grads, strict=True)]
+        norm = torch.linalg.vector_norm(torch.stack([e.norm() for e in new]))
+        shrink = torch.clamp(rho / norm.clamp_min(torch.finfo(norm.dtype).tiny), max=1.0)
+        return [e * shrink for e in new]
+    return [
+        torch.clamp(e + rho * torch.sign(g), -rho, rho) for e, g in zip(eps, grads, strict=True)
+    ]

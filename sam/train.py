@@ -1,0 +1,410 @@
+"""The training loop: one SGD or SAM run from a resolved config, resumable.
+
+``run(cfg, run_dir)`` validates the config, loads data to the device, trains
+``cfg.epochs`` epochs with ``sam_step``, evaluates after each epoch, logs to
+TensorBoard, checkpoints ``checkpoints/last.pt`` and updates ``results.json``.
+A run directory that already holds a checkpoint is resumed; a complete one is
+left untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+import sam
+from sam.data import load_dataset, make_loader
+from sam.errors import UserError
+from sam.optim import sam_step
+from sam.results import (
+    RESULTS_FILE,
+    SCHEMA_VERSION,
+    load_checkpoint,
+    read_json,
+    save_checkpoint,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+# config keys that may differ when a run directory is resumed
+RESUME_FREE_KEYS = ("device", "progress", "data_dir", "compile", "nan_check_every",
+                    "eval_batch_size", "dataset.data_dir", "dataset.download",
+                    "dataset.verify", "dataset.fallback_synthetic")
+
+
+class Diverged(Exception):
+    """The training loss became NaN or inf."""
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
+    warmup_epochs: float = 0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LR factor: linear warmup over w steps, then 0.5 (1 + cos(pi t / T))
+    with t the steps after warmup and T = total - w (ends at 0)."""
+    warmup = int(warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def step_schedule(
+    optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
+    milestones: list[float], gamma: float,
+) -> torch.optim.lr_scheduler.MultiStepLR:
+    """LR multiplied by gamma at each milestone (a fraction of the total steps)."""
+    steps = [round(f * total_steps) for f in milestones]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, gamma)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise UserError (problem and fix on one line) for a config that cannot run."""
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise UserError(msg)
+
+    need(cfg.epochs >= 1, f"epochs={cfg.epochs}: must be >= 1")
+    need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be >= 1")
+    need(cfg.eval_batch_size >= 1, f"eval_batch_size={cfg.eval_batch_size}: must be >= 1")
+    need(cfg.lr > 0, f"lr={cfg.lr}: must be > 0")
+    need(cfg.lam >= 0, f"lam={cfg.lam}: must be >= 0")
+    need(cfg.amp in ("auto", "bf16", "fp16", "off"), f"amp={cfg.amp}: use auto, bf16, fp16 or off")
+    if cfg.optim.name == "sam":
+        need(cfg.optim.rho >= 0, f"rho={cfg.optim.rho}: must be >= 0 (0.05 is the paper's)")
+        need(cfg.optim.p in (2, math.inf), f"optim.p={cfg.optim.p}: must be 2 or .inf")
+        need(cfg.optim.wd_mode in ("base", "loss"),
+             f"optim.wd_mode={cfg.optim.wd_mode}: must be base or loss")
+    if cfg.m is not None:
+        need(cfg.m >= 1 and cfg.batch_size % cfg.m == 0,
+             f"m={cfg.m} does not divide batch_size={cfg.batch_size}: pick m from the "
+             f"divisors of the batch (or m=null for plain SAM)")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but CUDA is not available: use device=auto or cpu")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed torch (all devices); deterministic algorithms when asked."""
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+@dataclass
+class Data:
+    train: Any
+    eval: Any
+    num_classes: int
+    name: str
+    eval_split: str
+    source: str
+
+
+def build_data(cfg: DictConfig, device: torch.device) -> Data:
+    """Load the dataset (synthetic fallback when allowed) and make the two loaders."""
+    d = cfg.dataset
+    kwargs = dict(subset=d.subset, val_fraction=d.val_fraction, seed=cfg.seed)
+    try:
+        if d.name == "synthetic":
+            splits = load_dataset("synthetic", "", synthetic_size=(d.train_size, d.test_size),
+                                  **kwargs)
+        else:
+            splits = load_dataset(d.name, d.data_dir, download=d.download, verify=d.verify,
+                                  **kwargs)
+    except UserError as err:
+        if not d.get("fallback_synthetic"):
+            raise
+        log.warning("NOTICE: %s -- falling back to SYNTHETIC data; these results are not %s",
+                    err, d.name)
+        splits = load_dataset("synthetic", "", seed=cfg.seed, synthetic_size=(4096, 1024))
+    eval_x, eval_y = splits.test_x, splits.test_y
+    if d.test_subset is not None:
+        eval_x, eval_y = eval_x[: d.test_subset], eval_y[: d.test_subset]
+    if len(splits.train_x) < cfg.batch_size:
+        raise UserError(f"only {len(splits.train_x)} training images for batch_size="
+                        f"{cfg.batch_size}: lower batch_size or raise dataset.subset")
+    common = dict(device=device, mean=splits.mean, std=splits.std, seed=cfg.seed)
+    train = make_loader(splits.train_x, splits.train_y, batch_size=cfg.batch_size,
+                        augment=cfg.augment.name, shuffle=True, drop_last=True,
+                        num_workers=cfg.augment.get("num_workers", 0), **common)
+    evaluation = make_loader(eval_x, eval_y, batch_size=cfg.eval_batch_size, augment="none",
+                             shuffle=False, drop_last=False, num_workers=0, **common)
+    return Data(train, evaluation, splits.num_classes, splits.name,
+                getattr(splits, "eval_split", "test"), splits.source)
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Instantiate the optim group (a partial of SAM or SGD) on the model's parameters."""
+    optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
+    del optim_cfg["name"]
+    return instantiate(optim_cfg)(model.parameters())
+
+
+def amp_settings(cfg: DictConfig, device: torch.device):
+    """(autocast dtype or None, GradScaler or None) for cfg.amp on this device."""
+    amp = cfg.amp
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise UserError("amp=fp16 needs CUDA: use amp=bf16 or amp=off on cpu")
+        return torch.float16, torch.amp.GradScaler("cuda")
+    return (torch.bfloat16 if amp == "bf16" else None), None
+
+
+def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, device, progress):
+    """One epoch of sam_step; returns (mean loss, error %, images) read once at the end."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    wrong = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    check_every = 1 if device.type == "cpu" else max(1, cfg.nan_check_every)
+    channels_last = _channels_last(cfg, device)
+    for step, (x, y) in enumerate(tqdm(loader, disable=not progress, leave=False, unit="batch")):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss, out = sam_step(model, optimizer, F.cross_entropy, x, y, m=cfg.m,
+                             amp_dtype=amp_dtype, scaler=scaler, return_outputs=True)
+        scheduler.step()
+        loss_sum += loss.float() * len(y)
+        wrong += (out.argmax(1) != y).sum()
+        seen += len(y)
+        if step % check_every == 0 and not torch.isfinite(loss_sum):
+            raise Diverged(f"step {step + 1}")
+    if not torch.isfinite(loss_sum):
+        raise Diverged(f"step {len(loader)}")
+    return loss_sum.item() / seen, 100.0 * wrong.item() / seen, seen
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, amp_dtype, device: torch.device) -> tuple[float, float]:
+    """Mean cross-entropy and error (%) over the evaluation set, model in eval mode."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    wrong = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for x, y in loader:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
+        wrong += (out.argmax(1) != y).sum()
+        n += len(y)
+    return loss_sum.item() / n, 100.0 * wrong.item() / n
+
+
+def _channels_last(cfg: DictConfig, device: torch.device) -> bool:
+    return cfg.channels_last is True or (cfg.channels_last == "auto" and device.type == "cuda")
+
+
+def _comparable(config: dict) -> dict:
+    out = OmegaConf.create(config)
+    for key in RESUME_FREE_KEYS:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(out, parent) if parent else out
+        if node is not None and leaf in node:
+            del node[leaf]
+    return OmegaConf.to_container(out)
+
+
+def _versions() -> dict[str, str]:
+    import hydra
+    import torchvision
+
+    return {"sam": sam.__version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "hydra": hydra.__version__,
+            "python": platform.python_version()}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _summary(cfg: DictConfig, choices: dict[str, str], data_name: str, eval_split: str) -> dict:
+    is_sam = cfg.optim.name == "sam"
+    return {"dataset": data_name, "model": choices.get("model", cfg.model._target_),
+            "augment": cfg.augment.name, "optim": cfg.optim.name,
+            "rho": cfg.optim.rho if is_sam else None, "m": cfg.m if is_sam else None,
+            "epochs": cfg.epochs, "seed": cfg.seed, "batch_size": cfg.batch_size,
+            "lr": cfg.lr, "lam": cfg.lam, "eval_split": eval_split}
+
+
+def _flat_hparams(summary: dict) -> dict:
+    return {k: (v if isinstance(v, int | float | str | bool) else str(v))
+            for k, v in summary.items()}
+
+
+def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None,
+        choices: dict[str, str] | None = None, multirun: bool = False) -> dict:
+    """Train one run into ``run_dir``; return its results dict (also in results.json)."""
+    run_dir = Path(run_dir)
+    validate(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    results_path = run_dir / RESULTS_FILE
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    previous = _previous_results(results_path, config)
+    if previous is not None and previous["status"] == "complete":
+        log.info("run in %s is already complete (final test error %.2f%%): nothing to do",
+                 run_dir, previous["final"]["test_error"])
+        return previous
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    data = build_data(cfg, device)
+    net = instantiate(cfg.model).to(device)
+    if _channels_last(cfg, device):
+        net = net.to(memory_format=torch.channels_last)
+    model = torch.compile(net) if cfg.compile else net
+    optimizer = build_optimizer(cfg, net)
+    steps = len(data.train)
+    scheduler = instantiate(cfg.schedule)(optimizer, total_steps=cfg.epochs * steps,
+                                          steps_per_epoch=steps)
+    amp_dtype, scaler = amp_settings(cfg, device)
+    results = {
+        "schema_version": SCHEMA_VERSION, "status": "running", "error": None,
+        "summary": _summary(cfg, choices or {}, data.name, data.eval_split),
+        "overrides": list(overrides or []), "config": config, "data_source": data.source,
+        "history": [], "final": None, "wall_time_s": 0.0, "images_per_sec": None,
+        "device": _device_name(device), "versions": _versions(),
+        "started_at": _now(), "updated_at": _now(),
+    }
+    start_epoch = 0
+    state, note = load_checkpoint(ckpt_path)
+    if note:
+        log.warning(note)
+    if state is not None:
+        if _comparable(state["config"]) != _comparable(config):
+            raise UserError(f"{run_dir} holds a run with a different config: use a new "
+                            "run directory (hydra.run.dir=...) or the original overrides")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        start_epoch = state["epoch"]
+        results.update(history=state["history"], wall_time_s=state["wall_time_s"],
+                       started_at=state["started_at"])
+        log.info("resuming %s from epoch %d", run_dir, start_epoch)
+    progress = _progress_enabled(cfg, multirun)
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
+    write_json(results_path, results)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            data.train.set_epoch(epoch)
+            try:
+                train_loss, train_error, seen = train_epoch(
+                    model, optimizer, scheduler, data.train, cfg, amp_dtype, scaler, device,
+                    progress)
+            except Diverged as div:
+                raise Diverged(f"loss became NaN/inf in epoch {epoch + 1}, {div}: lower lr "
+                               "or rho; the last good checkpoint is kept") from None
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_time = time.perf_counter() - t0
+            test_loss, test_error = evaluate(model, data.eval, amp_dtype, device)
+            epoch_time = time.perf_counter() - t0
+            metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_error": train_error,
+                       "test_loss": test_loss, "test_error": test_error,
+                       "lr": optimizer.param_groups[0]["lr"],
+                       "images_per_sec": seen / train_time, "epoch_time_s": epoch_time}
+            _log_epoch(writer, metrics)
+            log.info("epoch %d/%d  train loss %.4f err %.2f%%  %s loss %.4f err %.2f%%  "
+                     "%.0f img/s", epoch + 1, cfg.epochs, train_loss, train_error,
+                     data.eval_split, test_loss, test_error, metrics["images_per_sec"])
+            results["history"].append(metrics)
+            results["wall_time_s"] += epoch_time
+            results["updated_at"] = _now()
+            save_checkpoint(ckpt_path, {
+                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "epoch": epoch + 1, "config": config, "history": results["history"],
+                "wall_time_s": results["wall_time_s"], "started_at": results["started_at"],
+                "rng": {"cpu": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda"
+                        else None},
+            })
+            write_json(results_path, results)
+        history = results["history"]
+        results["final"] = {k: history[-1][k] for k in
+                            ("epoch", "train_loss", "train_error", "test_loss", "test_error")}
+        results["images_per_sec"] = sum(h["images_per_sec"] for h in history) / len(history)
+        results["status"] = "complete"
+        writer.add_hparams(_flat_hparams(results["summary"]),
+                           {f"hparam/final_{k}": v for k, v in results["final"].items()
+                            if k != "epoch"}, run_name=".")
+    except BaseException as err:
+        results["status"] = "diverged" if isinstance(err, Diverged) else "failed"
+        results["error"] = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        results["updated_at"] = _now()
+        write_json(results_path, results)
+        writer.close()
+    return results
+
+
+def _previous_results(path: Path, config: dict) -> dict | None:
+    """An earlier results.json of this directory, refusing one of another config."""
+    if not path.exists():
+        return None
+    try:
+        previous = read_json(path)
+    except ValueError:
+        return None
+    if _comparable(previous.get("config", {})) != _comparable(config):
+        raise UserError(f"{path.parent} holds a run with a different config: use a new run "
+                        "directory (hydra.run.dir=...) or the original overrides")
+    return previous
+
+
+def _progress_enabled(cfg: DictConfig, multirun: bool) -> bool:
+    if cfg.progress == "auto":
+        return sys.stderr.isatty() and not multirun
+    return bool(cfg.progress)
+
+
+def _log_epoch(writer: SummaryWriter, m: dict) -> None:
+    step = m["epoch"]
+    for key in ("train_loss", "train_error", "test_loss", "test_error"):
+        writer.add_scalar(key.replace("_", "/", 1), m[key], step)
+    writer.add_scalar("lr", m["lr"], step)
+    writer.add_scalar("images_per_sec", m["images_per_sec"], step)
+    writer.flush()

@@ -1,0 +1,247 @@
+"""Step-time benchmark, all in ONE process so the ratios compare like with like.
+
+Measures, for one model and batch size:
+  sgd        our SGD step: device-resident data, batched augmentation, sam_step
+  sam        our SAM step (same pipeline)
+  fwdbwd     one bare forward+backward on a fixed batch (SAM's floor is two of them)
+  reference  BASELINE ONLY: the usual PyTorch pipeline -- torchvision DataLoader with
+             per-sample PIL transforms, fp32, and the per-parameter SAM loop of the
+             popular davda54-style wrapper (kept here, not in the library)
+and prints a table plus JSON with SAM/SGD, SAM overhead outside forward/backward
+and ours/reference.
+
+    python scripts/bench.py --model resnet20 --batch 128 --steps 20      # CPU
+    python scripts/bench.py --model wrn28_10 --batch 256 --json out.json  # CUDA
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision import transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sam import SAM, sam_step  # noqa: E402
+from sam.data import DeviceLoader  # noqa: E402
+from sam.models import build_model  # noqa: E402
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per call of step() after warmup calls."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def make_model(name: str, device: torch.device, channels_last: bool) -> nn.Module:
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.train()
+
+
+def ours(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor, optim: str):
+    """Seconds per step of our pipeline (loader + sam_step) with SGD or SAM."""
+    cuda = device.type == "cuda"
+    model = make_model(args.model, device, channels_last=cuda)
+    net = torch.compile(model) if args.compile else model
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    if optim == "sam":
+        opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, foreach=True, **kw)
+    else:
+        opt = torch.optim.SGD(model.parameters(), foreach=True, **kw)
+    loader = DeviceLoader(x_all, y_all, args.batch, device, MEAN, STD, augment="basic")
+    amp = torch.bfloat16 if cuda else None
+    batches = iter(())
+
+    def step() -> None:
+        nonlocal batches
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            x, y = next(batches)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        sam_step(net, opt, F.cross_entropy, x, y, amp_dtype=amp)
+
+    return timed(step, args.steps, args.warmup, device)
+
+
+def bare_fwdbwd(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor) -> float:
+    """Seconds for one forward+backward on a fixed, ready batch (same precision as ours)."""
+    cuda = device.type == "cuda"
+    model = make_model(args.model, device, channels_last=cuda)
+    net = torch.compile(model) if args.compile else model
+    x = ((x_all[: args.batch].float() / 255 - torch.tensor(MEAN).view(3, 1, 1))
+         / torch.tensor(STD).view(3, 1, 1)).to(device)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = y_all[: args.batch].to(device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return timed(step, args.steps, args.warmup, device)
+
+
+# ----------------------------------------------------------------- BASELINE ONLY
+class _ReferenceSAM(torch.optim.Optimizer):
+    """The popular davda54-style SAM: a Python loop over parameters, eps stored per
+    parameter and subtracted back (w - eps) instead of restoring a saved copy."""
+
+    def __init__(self, params, base, rho=0.05, **kw):
+        super().__init__(params, dict(rho=rho, **kw))
+        self.base_optimizer = base(self.param_groups, **kw)
+        self.param_groups = self.base_optimizer.param_groups
+
+    @torch.no_grad()
+    def first_step(self):
+        norm = torch.norm(torch.stack([p.grad.norm(2) for g in self.param_groups
+                                       for p in g["params"] if p.grad is not None]), 2)
+        for group in self.param_groups:
+            scale = group["rho"] / (norm + 1e-12)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                e_w = p.grad * scale
+                p.add_(e_w)
+                self.state[p]["e_w"] = e_w
+        self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.sub_(self.state[p]["e_w"])
+        self.base_optimizer.step()
+        self.zero_grad()
+
+
+class _PerSampleCIFAR(torch.utils.data.Dataset):
+    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor):
+        self.images = x_uint8.permute(0, 2, 3, 1).numpy()
+        self.labels = y.tolist()
+        self.transform = transforms.Compose([
+            transforms.ToPILImage(), transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD)])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def reference(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor) -> float:
+    """Seconds per SAM step of the usual pipeline (fp32, DataLoader, per-param loop)."""
+    model = make_model(args.model, device, channels_last=False)
+    opt = _ReferenceSAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9,
+                        nesterov=True, weight_decay=5e-4)
+    loader = torch.utils.data.DataLoader(
+        _PerSampleCIFAR(x_all, y_all), batch_size=args.batch, shuffle=True, drop_last=True,
+        num_workers=args.workers, pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0)
+    batches = iter(())
+
+    def step() -> None:
+        nonlocal batches
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.first_step()
+        F.cross_entropy(model(x), y).backward()
+        opt.second_step()
+
+    return timed(step, args.steps, args.warmup, device)
+# ------------------------------------------------------------- end of BASELINE
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--images", type=int, default=None, help="synthetic set size")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    p.add_argument("--compile", action="store_true", help="torch.compile our model")
+    p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    n = args.images or args.batch * (args.steps + args.warmup + 1)
+    g = torch.Generator().manual_seed(0)
+    x_all = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y_all = torch.randint(0, 10, (n,), generator=g)
+
+    t = {"sgd": ours(args, device, x_all, y_all, "sgd"),
+         "sam": ours(args, device, x_all, y_all, "sam"),
+         "fwdbwd": bare_fwdbwd(args, device, x_all, y_all)}
+    if not args.no_reference:
+        t["reference"] = reference(args, device, x_all, y_all)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    out = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": name,
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "model": args.model, "batch": args.batch, "steps": args.steps,
+        "compile": args.compile,
+        "step_s": t,
+        "images_per_s": {k: args.batch / v for k, v in t.items() if k != "fwdbwd"},
+        "sam_over_sgd": t["sam"] / t["sgd"],
+        "sam_outside_fwdbwd": (t["sam"] - 2 * t["fwdbwd"]) / t["sam"],
+        "reference_over_ours_sam": t["reference"] / t["sam"] if "reference" in t else None,
+    }
+    print(f"{name}  torch {torch.__version__}  model {args.model}  batch {args.batch}")
+    print(f"{'pipeline':<12}{'step ms':>10}{'images/s':>12}")
+    for k, v in t.items():
+        print(f"{k:<12}{1000 * v:>10.1f}{args.batch / v:>12.0f}")
+    print(f"SAM/SGD step time          {out['sam_over_sgd']:.3f}  (floor 2.0)")
+    print(f"SAM time outside 2x fwd/bwd {100 * out['sam_outside_fwdbwd']:.1f}%")
+    if out["reference_over_ours_sam"] is not None:
+        print(f"reference/ours (SAM step)  {out['reference_over_ours_sam']:.2f}x")
+    print(json.dumps(out))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

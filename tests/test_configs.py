@@ -1,0 +1,102 @@
+"""Every config group option composes, resolves and instantiates (Hydra compose API)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from sam.optim import SAM
+from sam.train import build_optimizer, validate
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def make(*overrides: str):
+    with initialize_config_module(config_module="sam.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def test_defaults_are_the_paper_setting():
+    cfg = make()
+    assert (cfg.dataset.name, cfg.optim.name, cfg.augment.name) == ("cifar10", "sam", "basic")
+    assert cfg.model._target_.endswith("WideResNet") and cfg.model.depth == 28
+    assert cfg.batch_size == 256 and cfg.epochs == 200 and cfg.lr == 0.1
+    assert cfg.optim.rho == 0.05 and cfg.optim.weight_decay == 5e-4
+    assert cfg.optim.momentum == 0.9 and cfg.optim.nesterov is True
+
+
+@pytest.mark.parametrize("group", ["dataset", "model", "optim", "augment", "schedule",
+                                   "experiment"])
+def test_group_has_options(group):
+    assert options(group), f"configs/{group} is empty"
+
+
+@pytest.mark.parametrize("name", options("dataset"))
+def test_dataset_configs(name):
+    cfg = make(f"dataset={name}", "data_dir=/some/where")
+    assert cfg.dataset.name == name and cfg.dataset.num_classes in (10, 100)
+    assert cfg.model.num_classes == cfg.dataset.num_classes
+    if name != "synthetic":
+        assert cfg.dataset.data_dir == "/some/where" and cfg.dataset.verify is True
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_model_configs_resolve(name):
+    cfg = make(f"model={name}", "dataset=cifar100")
+    assert cfg.model._target_.startswith("sam.models.")
+    assert cfg.model.num_classes == 100
+
+
+@pytest.mark.parametrize("name", options("optim"))
+def test_optim_configs_instantiate(name):
+    cfg = make(f"optim={name}", "lr=0.3", "lam=1e-3", "rho=0.2")
+    opt = build_optimizer(cfg, torch.nn.Linear(2, 2))
+    group = opt.param_groups[0]
+    assert group["lr"] == 0.3 and group["weight_decay"] == 1e-3 and group["nesterov"]
+    assert isinstance(opt, SAM) == (name == "sam")
+    if name == "sam":
+        assert group["rho"] == 0.2
+
+
+def test_long_form_overrides_shortcut():
+    assert make("optim.rho=0.3").optim.rho == 0.3
+
+
+@pytest.mark.parametrize("name", options("augment"))
+def test_augment_configs(name):
+    assert make(f"augment={name}").augment.name == name
+
+
+@pytest.mark.parametrize("name", options("schedule"))
+def test_schedule_configs_instantiate(name):
+    cfg = make(f"schedule={name}")
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    sched = instantiate(cfg.schedule)(opt, total_steps=100, steps_per_epoch=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 1.0 and lrs[-1] < 0.05
+    assert all(a >= b for a, b in zip(lrs[:-1], lrs[1:], strict=True))
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiments_resolve_and_validate(name):
+    cfg = make(f"experiment={name}")
+    validate(cfg)
+
+
+def test_paper_experiment_uses_paper_rho_per_dataset():
+    assert make("experiment=paper_wrn28_10").optim.rho == 0.05
+    assert make("experiment=paper_wrn28_10", "dataset=cifar100").optim.rho == 0.1
+    assert make("experiment=paper_wrn28_10", "rho=0.2").optim.rho == 0.2

@@ -1,0 +1,367 @@
+"""SAM optimizer against independent float64 references written out by hand."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from sam import SAM, sam_step
+
+RHO, LR, MOM, WD = 0.05, 0.1, 0.9, 5e-4
+
+
+def mlp(seed: int = 0, dropout: float = 0.0) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.Linear(5, 7), nn.Tanh(), nn.Dropout(dropout), nn.Linear(7, 3)]
+    return nn.Sequential(*layers).double()
+
+
+def batch(n: int = 8, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    return x, torch.randint(0, 3, (n,), generator=g)
+
+
+def grad_at(model: nn.Module, w: dict, x, y) -> dict:
+    """Reference gradient of the mean cross-entropy at parameters w (autograd, float64)."""
+    w = {k: v.detach().clone().requires_grad_(True) for k, v in w.items()}
+    loss = F.cross_entropy(functional_call(model, w, (x,)), y)
+    return dict(zip(w, torch.autograd.grad(loss, list(w.values())), strict=True))
+
+
+def params_of(model: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def global_norm(d: dict) -> torch.Tensor:
+    return torch.sqrt(sum((v**2).sum() for v in d.values()))
+
+
+def nesterov_first_step(w: dict, g: dict, wd: float = WD) -> dict:
+    """torch SGD(momentum, nesterov) first step: buf = d; w - lr (d + mom buf), d = g + wd w."""
+    out = {}
+    for k in w:
+        d = g[k] + wd * w[k]
+        out[k] = w[k] - LR * (d + MOM * d)
+    return out
+
+
+def make_sam(model: nn.Module, **kw) -> SAM:
+    kw.setdefault("rho", RHO)
+    return SAM(model.parameters(), torch.optim.SGD, lr=LR, momentum=MOM, nesterov=True,
+               weight_decay=WD, **kw)
+
+
+def two_step(model: nn.Module, opt: SAM, x, y) -> dict:
+    """Run first_step; return the perturbed weights; leave the descent gradient."""
+    F.cross_entropy(model(x), y).backward()
+    opt.first_step(zero_grad=True)
+    perturbed = params_of(model)
+    F.cross_entropy(model(x), y).backward()
+    return perturbed
+
+
+@pytest.mark.parametrize("variant", ["p2", "pinf", "asam"])
+def test_one_step_matches_hand_reference(variant: str) -> None:
+    model, (x, y) = mlp(), batch()
+    kw = {"p2": {}, "pinf": {"p": float("inf")}, "asam": {"adaptive": True, "rho": 0.5}}[variant]
+    opt = make_sam(model, **kw)
+    rho = opt.param_groups[0]["rho"]
+    w0 = params_of(model)
+    g = grad_at(model, w0, x, y)
+    if variant == "p2":
+        eps = {k: rho * g[k] / global_norm(g) for k in g}
+    elif variant == "pinf":
+        eps = {k: rho * torch.sign(g[k]) for k in g}
+    else:
+        t = {k: w0[k].abs() + 0.01 for k in w0}
+        tg_norm = global_norm({k: t[k] * g[k] for k in g})
+        eps = {k: rho * t[k] ** 2 * g[k] / tg_norm for k in g}
+    perturbed = two_step(model, opt, x, y)
+    for k in w0:
+        torch.testing.assert_close(perturbed[k], w0[k] + eps[k], rtol=0, atol=1e-10)
+    opt.unperturb()
+    for k, p in model.named_parameters():
+        assert torch.equal(p, w0[k]), "restore must be bit-identical to the saved weights"
+    opt.second_step()
+    g_adv = grad_at(model, {k: w0[k] + eps[k] for k in w0}, x, y)
+    expected = nesterov_first_step(w0, g_adv)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-10)
+
+
+def test_eps_norm_is_rho_over_all_groups() -> None:
+    model, (x, y) = mlp(), batch()
+    w = list(model.parameters())
+    opt = SAM([{"params": w[:2]}, {"params": w[2:], "lr": 0.01}], torch.optim.SGD, rho=0.3, lr=LR)
+    w0 = [p.detach().clone() for p in w]
+    two_step(model, opt, x, y)
+    eps_norm = torch.sqrt(sum(((p - p0) ** 2).sum() for p, p0 in zip(w, w0, strict=True)))
+    assert abs(eps_norm.item() - 0.3) < 1e-12
+    # per-group norms would each be 0.3; the global one splits it
+    assert ((w[0] - w0[0]) ** 2).sum().sqrt() < 0.3 - 1e-3
+
+
+def test_zero_gradient_gives_no_move_and_no_nan() -> None:
+    model = mlp()
+    opt = make_sam(model)
+    w0 = params_of(model)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.first_step()
+    for k, p in model.named_parameters():
+        assert torch.equal(p, w0[k])
+    opt_inf = make_sam(model, p=float("inf"))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt_inf.first_step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.equal(p, w0[k]) for k, p in model.named_parameters())
+
+
+def test_wd_mode_loss_matches_l2_in_the_loss() -> None:
+    """Official convention: L2 term lambda/2 ||w||^2 inside the loss at both points."""
+    model, (x, y) = mlp(), batch()
+    opt = make_sam(model, wd_mode="loss")
+    assert opt.param_groups[0]["weight_decay"] == 0
+    w0 = params_of(model)
+    g = grad_at(model, w0, x, y)
+    g = {k: g[k] + WD * w0[k] for k in g}
+    eps = {k: RHO * g[k] / global_norm(g) for k in g}
+    w_adv = {k: w0[k] + eps[k] for k in w0}
+    g_adv = grad_at(model, w_adv, x, y)
+    g_adv = {k: g_adv[k] + WD * w_adv[k] for k in g_adv}
+    expected = nesterov_first_step(w0, g_adv, wd=0.0)
+    two_step(model, opt, x, y)
+    opt.second_step()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-10)
+
+
+def test_clipping_applies_to_descent_gradient() -> None:
+    model, (x, y) = mlp(), batch()
+    opt = make_sam(model, max_grad_norm=1e-3)
+    w0 = params_of(model)
+    g = grad_at(model, w0, x, y)
+    eps = {k: RHO * g[k] / global_norm(g) for k in g}
+    g_adv = grad_at(model, {k: w0[k] + eps[k] for k in w0}, x, y)
+    n = global_norm(g_adv)
+    assert n > 1e-3
+    g_clip = {k: v * (1e-3 / (n + 1e-6)) for k, v in g_adv.items()}
+    expected = nesterov_first_step(w0, g_clip)
+    two_step(model, opt, x, y)
+    opt.second_step()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-10)
+
+
+def test_closure_api_equals_two_step_api() -> None:
+    (x, y) = batch()
+    a, b = mlp(), mlp()
+    opt_a, opt_b = make_sam(a), make_sam(b)
+    for _ in range(3):
+        two_step(a, opt_a, x, y)
+        opt_a.second_step(zero_grad=True)
+
+        def closure():
+            loss = F.cross_entropy(b(x), y)
+            loss.backward()
+            return loss
+
+        opt_b.step(closure)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def shard_reference(model: nn.Module, x, y, m: int) -> dict:
+    """Explicit per-shard loop: mean over shards of grad L_i(w + rho g_i/||g_i||)."""
+    w0 = params_of(model)
+    total = {k: torch.zeros_like(v) for k, v in w0.items()}
+    shards = x.shape[0] // m
+    for i in range(shards):
+        xs, ys = x[i * m:(i + 1) * m], y[i * m:(i + 1) * m]
+        g = grad_at(model, w0, xs, ys)
+        n = global_norm(g)
+        h = grad_at(model, {k: w0[k] + RHO * g[k] / n for k in w0}, xs, ys)
+        for k in total:
+            total[k] += h[k] / shards
+    return nesterov_first_step(w0, total)
+
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_m_sharpness_equals_loop_over_shards(m: int) -> None:
+    model, (x, y) = mlp(), batch(8)
+    expected = shard_reference(model, x, y, m)
+    sam_step(model, make_sam(model), F.cross_entropy, x, y, m=m)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-10)
+
+
+def test_m_equal_batch_is_plain_sam() -> None:
+    (x, y) = batch(8)
+    a, b = mlp(), mlp()
+    sam_step(a, make_sam(a), F.cross_entropy, x, y, m=8)
+    sam_step(b, make_sam(b), F.cross_entropy, x, y)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_m_must_divide_batch() -> None:
+    model, (x, y) = mlp(), batch(8)
+    with pytest.raises(ValueError, match="divide"):
+        sam_step(model, make_sam(model), F.cross_entropy, x, y, m=3)
+
+
+def bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 6 * 6, 3)).double()
+
+
+def image_batch(n: int = 8):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(n, 3, 8, 8, generator=g, dtype=torch.float64)
+    return x, torch.randint(0, 3, (n,), generator=g)
+
+
+def test_batchnorm_stats_only_from_clean_pass() -> None:
+    model, (x, y) = bn_net(), image_batch()
+    reference = copy.deepcopy(model)
+    reference(x)  # one clean forward in train mode
+    sam_step(model, make_sam(model), F.cross_entropy, x, y)
+    bn, ref = model[1], reference[1]
+    assert torch.equal(bn.running_mean, ref.running_mean)
+    assert torch.equal(bn.running_var, ref.running_var)
+    assert bn.num_batches_tracked.item() == ref.num_batches_tracked.item() == 1
+
+
+def test_batchnorm_perturbed_pass_uses_batch_statistics() -> None:
+    """The descent gradient must equal the one of a train-mode (batch stats) forward."""
+    model, (x, y) = bn_net(), image_batch()
+    w0 = params_of(model)
+    g = grad_at(copy.deepcopy(model), w0, x, y)
+    eps = {k: RHO * g[k] / global_norm(g) for k in g}
+    g_adv = grad_at(copy.deepcopy(model), {k: w0[k] + eps[k] for k in w0}, x, y)
+    expected = nesterov_first_step(w0, g_adv)
+    sam_step(model, make_sam(model), F.cross_entropy, x, y)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-10)
+
+
+def test_batchnorm_stats_with_shards_are_the_shard_mean() -> None:
+    model, (x, y) = bn_net(), image_batch(8)
+    means, vars_ = [], []
+    for xs in x.split(2):
+        ref = copy.deepcopy(model)
+        ref(xs)
+        means.append(ref[1].running_mean)
+        vars_.append(ref[1].running_var)
+    sam_step(model, make_sam(model), F.cross_entropy, x, y, m=2)
+    bn = model[1]
+    torch.testing.assert_close(bn.running_mean, torch.stack(means).mean(0), rtol=0, atol=1e-14)
+    torch.testing.assert_close(bn.running_var, torch.stack(vars_).mean(0), rtol=0, atol=1e-14)
+    assert bn.num_batches_tracked.item() == 1
+
+
+def test_dropout_masks_identical_in_both_passes() -> None:
+    model, (x, y) = mlp(dropout=0.5), batch(16)
+    masks = []
+    model[2].register_forward_hook(lambda mod, inp, out: masks.append(out == 0))
+    sam_step(model, make_sam(model), F.cross_entropy, x, y)
+    assert len(masks) == 2
+    assert masks[0].any() and torch.equal(masks[0], masks[1])
+
+
+def test_state_dict_round_trip_resumes_exactly() -> None:
+    x, y = batch(16)
+
+    def run(steps, model, opt, sched, start=0):
+        for i in range(start, start + steps):
+            xb, yb = x[(i % 2) * 8:(i % 2 + 1) * 8], y[(i % 2) * 8:(i % 2 + 1) * 8]
+            sam_step(model, opt, F.cross_entropy, xb, yb)
+            sched.step()
+
+    def fresh():
+        model = mlp()
+        opt = make_sam(model)
+        return model, opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6)
+
+    full = fresh()
+    run(6, *full)
+    part = fresh()
+    run(3, *part)
+    saved = copy.deepcopy({"model": part[0].state_dict(), "opt": part[1].state_dict(),
+                           "sched": part[2].state_dict()})
+    resumed = fresh()
+    resumed[0].load_state_dict(saved["model"])
+    resumed[1].load_state_dict(saved["opt"])
+    resumed[2].load_state_dict(saved["sched"])
+    assert resumed[1].param_groups is resumed[1].base_optimizer.param_groups
+    run(3, *resumed, start=3)
+    for pa, pb in zip(full[0].parameters(), resumed[0].parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_scheduler_on_sam_drives_base_lr() -> None:
+    model = mlp()
+    opt = make_sam(model)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    x, y = batch()
+    sam_step(model, opt, F.cross_entropy, x, y)
+    sched.step()
+    assert opt.base_optimizer.param_groups[0]["lr"] == pytest.approx(LR * 0.5)
+
+
+def test_sam_step_with_sgd_is_plain_sgd() -> None:
+    model, (x, y) = mlp(), batch()
+    w0 = params_of(model)
+    g = grad_at(model, w0, x, y)
+    expected = nesterov_first_step(w0, g)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOM, nesterov=True, weight_decay=WD)
+    loss = sam_step(model, opt, F.cross_entropy, x, y)
+    assert loss.shape == ()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-12)
+
+
+def float_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def test_grad_scaler_matches_unscaled_and_skips_nonfinite() -> None:
+    x, y = batch()
+    x = x.float()
+    a, b = float_net(), float_net()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    sam_step(a, make_sam(a), F.cross_entropy, x, y, scaler=scaler)
+    sam_step(b, make_sam(b), F.cross_entropy, x, y)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    w_before = [p.detach().clone() for p in a.parameters()]
+    scale_before = scaler.get_scale()
+    bad = x.clone()
+    bad[0, 0] = float("inf")
+    sam_step(a, make_sam(a), F.cross_entropy, bad, y, scaler=scaler)
+    for p, w in zip(a.parameters(), w_before, strict=True):
+        assert torch.equal(p, w), "a non-finite step must leave the weights untouched"
+    assert scaler.get_scale() < scale_before
+
+
+def test_bf16_autocast_step_is_close_to_fp32() -> None:
+    x, y = batch()
+    x = x.float()
+    a, b = float_net(), float_net()
+    w0 = [p.detach().clone() for p in a.parameters()]
+    loss = sam_step(a, make_sam(a), F.cross_entropy, x, y, amp_dtype=torch.bfloat16)
+    sam_step(b, make_sam(b), F.cross_entropy, x, y)
+    assert math.isfinite(loss.item())
+    da = torch.cat([(p - q).flatten() for p, q in zip(a.parameters(), w0, strict=True)])
+    db = torch.cat([(p - q).flatten() for p, q in zip(b.parameters(), w0, strict=True)])
+    assert db.norm() > 0
+    # bf16 keeps ~3 significant digits; ReLU boundary flips add a few percent more
+    assert (da - db).norm() / db.norm() < 0.2

@@ -1,0 +1,255 @@
+"""sam.report on fake sweeps of results.json files with known values, checked by hand."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scipy import stats
+
+from sam.report import (
+    PAPER_TABLE1,
+    collect,
+    main,
+    t_interval,
+    t_quantile,
+)
+from sam.results import write_json
+
+T_975_2 = 4.302652729749464  # t_{0.975, 2}, from tables
+SETTING = {"dataset": "cifar10", "model": "wrn28_10", "augment": "basic", "epochs": 200}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(
+    root: Path,
+    name: str,
+    optim: str,
+    seed: int,
+    test_error: float | None,
+    *,
+    rho: float | None = None,
+    m: int | None = None,
+    status: str = "complete",
+    error: str | None = None,
+    epochs: int = 200,
+    history: bool = False,
+    **setting: Any,
+) -> Path:
+    """One results.json in root/name following the schema of sam.results."""
+    summary = {
+        **SETTING,
+        "epochs": epochs,
+        "optim": optim,
+        "rho": rho if optim == "sam" else None,
+        "m": m,
+        "seed": seed,
+        "batch_size": 128,
+        "lr": 0.1,
+        "lam": 5e-4,
+        "eval_split": "test",
+        **setting,
+    }
+    rows = []
+    if history and test_error is not None:  # a curve that ends at the final test error
+        rows = [
+            {"epoch": e, "test_error": test_error + 10.0 / e, "train_loss": 1.0 / e}
+            for e in range(1, 4)
+        ]
+    final = None if test_error is None else {"epoch": epochs, "test_error": test_error}
+    run = {
+        "schema_version": 1,
+        "status": status,
+        "error": error,
+        "summary": summary,
+        "overrides": [],
+        "config": {},
+        "history": rows,
+        "final": final,
+    }
+    path = root / name / "results.json"
+    write_json(path, run)
+    return path
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """SGD 3.4/3.6/3.5 and SAM 2.6/2.8/2.7 on the paper's cifar10 setting, a single-seed
+    group, a failed, a running and a diverged run, and one unreadable file."""
+    root = tmp_path / "sweep"
+    for seed, err in enumerate([3.4, 3.6, 3.5]):
+        write_run(root, f"sgd_{seed}", "sgd", seed, err)
+    for seed, err in enumerate([2.6, 2.8, 2.7]):
+        write_run(root, f"nested/sam_{seed}", "sam", seed, err, rho=0.05)
+    write_run(root, "single", "sgd", 0, 5.25, dataset="cifar100", model="resnet18", epochs=10)
+    write_run(root, "failed", "sam", 7, None, rho=0.05, status="failed", error="CUDA OOM")
+    write_run(root, "running", "sgd", 8, None, status="running")
+    write_run(root, "diverged", "sam", 9, None, rho=5.0, status="diverged", error="loss is nan")
+    bad = root / "broken" / "results.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"status": "complete", "summ')
+    return root
+
+
+def table_row(text: str, *first_cells: str) -> list[str]:
+    """Cells of the Markdown table row starting with ``first_cells``."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[: len(first_cells)] == list(first_cells):
+            return cells
+    raise AssertionError(f"no row {first_cells} in\n{text}")
+
+
+def test_t_quantile_matches_scipy() -> None:
+    for df in range(1, 41):
+        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)
+    assert t_quantile(0.975, 2) == pytest.approx(T_975_2, abs=1e-12)
+    assert t_quantile(0.025, 5) == pytest.approx(-t_quantile(0.975, 5))
+    assert t_quantile(0.95, 7) == pytest.approx(stats.t.ppf(0.95, 7), abs=1e-9)
+
+
+def test_t_interval_by_hand() -> None:
+    s = t_interval([3.4, 3.6, 3.5])
+    assert (s.n, s.mean, s.std) == (3, pytest.approx(3.5), pytest.approx(0.1))
+    assert s.half_width == pytest.approx(T_975_2 * 0.1 / math.sqrt(3))
+    one = t_interval([2.0])
+    assert (one.n, one.mean, one.std, one.half_width) == (1, 2.0, None, None)
+
+
+def test_collect_separates_complete_and_others(sweep: Path) -> None:
+    complete, others = collect([sweep])
+    assert len(complete) == 7
+    status = {Path(r["path"]).parent.name: r["status"] for r in others}
+    assert status == {
+        "failed": "failed",
+        "running": "running",
+        "diverged": "diverged",
+        "broken": "unreadable",
+    }
+    # a run directory itself, and overlapping directories counted once
+    complete, others = collect([sweep / "sgd_0", sweep, sweep / "sgd_0" / "results.json"])
+    assert (len(complete), len(others)) == (7, 4)
+
+
+def test_report_table_csv_and_other_runs(sweep: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main([str(sweep), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    half = T_975_2 * 0.1 / math.sqrt(3)  # 0.2484...
+
+    row = table_row(printed, "cifar10", "wrn28_10", "basic", "200")
+    assert row[4:] == [
+        "0.05",
+        "B=128",
+        f"3.50 ± {half:.2f} (n=3)",
+        "3.5",
+        f"2.70 ± {half:.2f} (n=3)",
+        "2.7",
+        "-0.80",
+    ]
+    assert f"{half:.2f}" == "0.25"
+    single = table_row(printed, "cifar100", "resnet18", "basic", "10")
+    assert single[4:] == ["-", "-", "5.25 (n=1)", "", "-", "", "-"]
+
+    for name, status, error in [
+        ("failed", "failed", "CUDA OOM"),
+        ("running", "running", ""),
+        ("diverged", "diverged", "loss is nan"),
+        ("broken", "unreadable", "JSONDecodeError"),
+    ]:
+        cells = table_row(printed, str(sweep / name / "results.json"))
+        assert cells[1] == status and error in cells[3]
+    assert (out / "report.md").read_text() == printed
+
+    with open(out / "report.csv", newline="") as f:
+        rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(f)}
+    r = rows[("cifar10", "wrn28_10")]
+    assert (r["augment"], r["epochs"], r["rho"], r["m"]) == ("basic", "200", "0.05", "128")
+    assert (r["sgd_n"], r["sam_n"]) == ("3", "3")
+    for field, value in [
+        ("sgd_mean", 3.5),
+        ("sgd_std", 0.1),
+        ("sgd_half_width", half),
+        ("paper_sgd", 3.5),
+        ("sam_mean", 2.7),
+        ("sam_std", 0.1),
+        ("sam_half_width", half),
+        ("paper_sam", 2.7),
+        ("sam_minus_sgd", -0.8),
+    ]:
+        assert float(r[field]) == pytest.approx(value, abs=1e-9), field
+    s = rows[("cifar100", "resnet18")]
+    assert (s["sgd_n"], s["sgd_mean"], s["sgd_half_width"], s["sam_n"]) == ("1", "5.25", "", "")
+    # no history and a single rho: no plots, and no failure
+    assert not (out / "msharpness.png").exists() and not (out / "curves.png").exists()
+
+
+def test_msharpness_sweep_writes_plots(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "msharp"
+    rhos, ms = [0.01, 0.05, 0.1], [None, 16, 64]
+    for seed in range(2):
+        write_run(root, f"sgd/{seed}", "sgd", seed, 3.5 + 0.1 * seed, history=True)
+        for i, rho in enumerate(rhos):
+            for j, m in enumerate(ms):
+                err = 3.0 - 0.1 * i - 0.1 * j + 0.1 * seed
+                path = f"sam/{rho}_{m}/{seed}"
+                write_run(root, path, "sam", seed, err, rho=rho, m=m, history=True)
+    assert main([str(root)]) == 0  # OUTDIR defaults to the first DIR
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.startswith("| cifar10 ")]
+    assert len(rows) == len(rhos) * len(ms)
+    assert all("3.55 ± " in line and "(n=2)" in line for line in rows)  # SGD repeated
+    # rho=0.1, m=16: errors 2.7 and 2.8, s = 0.1 / sqrt(2), h = t_{0.975,1} * s / sqrt(2)
+    half = stats.t.ppf(0.975, 1) * (0.1 / math.sqrt(2)) / math.sqrt(2)
+    cells = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "0.1", "16")
+    assert cells[8] == f"2.75 ± {half:.2f} (n=2)" == "2.75 ± 0.64 (n=2)"
+    assert cells[10] == "-0.80"
+    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "0.01", "B=128")
+    for name in ("msharpness.png", "curves.png", "report.md", "report.csv"):
+        assert (root / name).exists(), name
+    for name in ("msharpness.png", "curves.png"):
+        assert (root / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_mixed_settings_and_repeated_seeds_are_warned(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "mixed"
+    write_run(root, "a", "sgd", 0, 3.0)
+    write_run(root, "b", "sgd", 0, 3.2, lr=0.2)
+    write_run(root, "c", "sam", 1, 2.5, rho=0.05, m=128)  # m = batch size: same as m=None
+    write_run(root, "d", "sam", 2, 2.7, rho=0.05)
+    assert main([str(root)]) == 0
+    printed = capsys.readouterr().out
+    assert "cifar10/wrn28_10/basic/200 sgd: mixes lr = 0.1, 0.2" in printed
+    assert "cifar10/wrn28_10/basic/200 sgd: seed 0 appears more than once" in printed
+    row = table_row(printed, "cifar10", "wrn28_10", "basic", "200")
+    half = stats.t.ppf(0.975, 1) * (0.2 / math.sqrt(2)) / math.sqrt(2)  # s = 0.2 / sqrt(2)
+    assert row[4:] == [
+        "0.05",
+        "B=128",
+        f"3.10 ± {half:.2f} (n=2)",
+        "3.5",
+        f"2.60 ± {half:.2f} (n=2)",
+        "2.7",
+        "-0.50",
+    ]
+
+
+def test_missing_or_empty_directories(tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "no such directory" in err and err.count("\n") == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "results.json" in err and err.count("\n") == 1
+    assert not (empty / "report.md").exists()
+
+
+def test_paper_table1_values() -> None:
+    assert PAPER_TABLE1[("cifar10", "wrn28_10", "basic", 200)] == (3.5, 2.7)
+    assert PAPER_TABLE1[("cifar100", "wrn28_10", "autoaugment", 200)] == (15.8, 13.6)
+    assert len(PAPER_TABLE1) == 6
