@@ -1,0 +1,36 @@
+"""The wheel carries the configs: a non-editable install runs `sam-train --cfg job`."""
+
+import os
+import subprocess
+import sys
+import sysconfig
+import venv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_install_runs_sam_train_cfg_job(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels),
+                    str(REPO)], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("sam-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    # reuse this interpreter's packages (torch, hydra...) without its editable `sam`:
+    # a path added by a .pth file is searched, but its own .pth files are not run
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    Path(site, "outer_packages.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "-q", str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    where = subprocess.run([str(py), "-c", "import sam; print(sam.__file__)"], cwd=tmp_path,
+                           env=env, check=True, capture_output=True, text=True).stdout
+    assert where.startswith(str(env_dir)), where
+    proc = subprocess.run([str(env_dir / "bin" / "sam-train"), "--cfg", "job",
+                           "dataset=cifar100", "optim=sgd"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "name: cifar100" in proc.stdout and "_target_: torch.optim.SGD" in proc.stdout
