@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -44,16 +45,26 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(step, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per call of step() after warmup calls."""
-    for _ in range(warmup):
-        step()
+def seconds_per_call(step, calls: int, device: torch.device) -> float:
+    """Wall seconds per call of step(), synchronised at both ends."""
     sync(device)
     t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(calls):
         step()
     sync(device)
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / calls
+
+
+def median_times(steps: dict, args, device: torch.device) -> dict[str, float]:
+    """Warm each step up, then time them interleaved over rounds; median per step, so
+    a slow spell of the machine hits all pipelines alike."""
+    for step in steps.values():
+        seconds_per_call(step, args.warmup, device)
+    rounds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            rounds[name].append(seconds_per_call(step, args.steps, device))
+    return {name: statistics.median(t) for name, t in rounds.items()}
 
 
 def make_model(name: str, device: torch.device, channels_last: bool) -> nn.Module:
@@ -65,7 +76,7 @@ def make_model(name: str, device: torch.device, channels_last: bool) -> nn.Modul
 
 
 def ours(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor, optim: str):
-    """Seconds per step of our pipeline (loader + sam_step) with SGD or SAM."""
+    """One step of our pipeline (loader + sam_step) with SGD or SAM."""
     cuda = device.type == "cuda"
     model = make_model(args.model, device, channels_last=cuda)
     net = torch.compile(model) if args.compile else model
@@ -89,11 +100,11 @@ def ours(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor, o
             x = x.contiguous(memory_format=torch.channels_last)
         sam_step(net, opt, F.cross_entropy, x, y, amp_dtype=amp)
 
-    return timed(step, args.steps, args.warmup, device)
+    return step
 
 
 def bare_fwdbwd(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor) -> float:
-    """Seconds for one forward+backward on a fixed, ready batch (same precision as ours)."""
+    """One bare forward+backward on a fixed, ready batch (same precision as ours)."""
     cuda = device.type == "cuda"
     model = make_model(args.model, device, channels_last=cuda)
     net = torch.compile(model) if args.compile else model
@@ -109,7 +120,7 @@ def bare_fwdbwd(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Te
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    return timed(step, args.steps, args.warmup, device)
+    return step
 
 
 # ----------------------------------------------------------------- BASELINE ONLY
@@ -163,7 +174,7 @@ class _PerSampleCIFAR(torch.utils.data.Dataset):
 
 
 def reference(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor) -> float:
-    """Seconds per SAM step of the usual pipeline (fp32, DataLoader, per-param loop)."""
+    """One SAM step of the usual pipeline (fp32, DataLoader, per-parameter loop)."""
     model = make_model(args.model, device, channels_last=False)
     opt = _ReferenceSAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9,
                         nesterov=True, weight_decay=5e-4)
@@ -186,7 +197,7 @@ def reference(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tens
         F.cross_entropy(model(x), y).backward()
         opt.second_step()
 
-    return timed(step, args.steps, args.warmup, device)
+    return step
 # ------------------------------------------------------------- end of BASELINE
 
 
@@ -194,7 +205,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; median taken")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--images", type=int, default=None, help="synthetic set size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -206,22 +218,23 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    n = args.images or args.batch * (args.steps + args.warmup + 1)
+    n = args.images or args.batch * 8
     g = torch.Generator().manual_seed(0)
     x_all = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     y_all = torch.randint(0, 10, (n,), generator=g)
 
-    t = {"sgd": ours(args, device, x_all, y_all, "sgd"),
-         "sam": ours(args, device, x_all, y_all, "sam"),
-         "fwdbwd": bare_fwdbwd(args, device, x_all, y_all)}
+    steps = {"sgd": ours(args, device, x_all, y_all, "sgd"),
+             "sam": ours(args, device, x_all, y_all, "sam"),
+             "fwdbwd": bare_fwdbwd(args, device, x_all, y_all)}
     if not args.no_reference:
-        t["reference"] = reference(args, device, x_all, y_all)
+        steps["reference"] = reference(args, device, x_all, y_all)
+    t = median_times(steps, args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
     out = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": name,
         "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "model": args.model, "batch": args.batch, "steps": args.steps,
+        "model": args.model, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
         "compile": args.compile,
         "step_s": t,
         "images_per_s": {k: args.batch / v for k, v in t.items() if k != "fwdbwd"},
@@ -230,7 +243,7 @@ def main() -> None:
         "reference_over_ours_sam": t["reference"] / t["sam"] if "reference" in t else None,
     }
     print(f"{name}  torch {torch.__version__}  model {args.model}  batch {args.batch}")
-    print(f"{'pipeline':<12}{'step ms':>10}{'images/s':>12}")
+    print(f"{'pipeline':<12}{'step ms':>10}{'images/s':>12}   (median of {args.rounds} rounds)")
     for k, v in t.items():
         print(f"{k:<12}{1000 * v:>10.1f}{args.batch / v:>12.0f}")
     print(f"SAM/SGD step time          {out['sam_over_sgd']:.3f}  (floor 2.0)")

@@ -17,8 +17,8 @@ def test_gpu_check_script_parses():
 def test_bench_runs_on_cpu_and_reports_ratios(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--model", "resnet20",
-                    "--batch", "16", "--steps", "2", "--warmup", "1", "--workers", "0",
-                    "--device", "cpu", "--json", str(out)], check=True, env=ENV,
+                    "--batch", "16", "--steps", "2", "--warmup", "1", "--rounds", "1",
+                    "--workers", "0", "--device", "cpu", "--json", str(out)], check=True, env=ENV,
                    capture_output=True, timeout=300)
     result = json.loads(out.read_text())
     for key in ("sgd", "sam", "fwdbwd", "reference"):
