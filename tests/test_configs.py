@@ -100,3 +100,33 @@ def test_paper_experiment_uses_paper_rho_per_dataset():
     assert make("experiment=paper_wrn28_10").optim.rho == 0.05
     assert make("experiment=paper_wrn28_10", "dataset=cifar100").optim.rho == 0.1
     assert make("experiment=paper_wrn28_10", "rho=0.2").optim.rho == 0.2
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_swept_value_composes_and_validates(name):
+    with initialize_config_module(config_module="sam.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={name}"],
+                      return_hydra_config=True)
+    for key, values in (cfg.hydra.sweeper.params or {}).items():
+        for value in str(values).split(","):
+            validate(make(f"experiment={name}", f"{key}={value}"))
+
+
+@pytest.mark.parametrize("name, dataset, lr, lam, rho", [
+    ("table1_wrn28_10", "cifar10", 0.1, 5e-4, 0.05),
+    ("table1_wrn28_10", "cifar100", 0.1, 5e-4, 0.1),
+    ("table1_shakeshake", "cifar10", 0.02, 1e-3, 0.02),
+    ("table1_shakeshake", "cifar100", 0.02, 1e-3, 0.05),
+    ("table1_pyramidnet", "cifar10", 0.05, 5e-4, 0.05),
+    ("table1_pyramidnet", "cifar100", 0.05, 5e-4, 0.2),
+    ("table1_pyramidnet_shakedrop", "cifar10", 0.02, 5e-4, 0.05),
+    ("table1_pyramidnet_shakedrop", "cifar100", 0.05, 5e-4, 0.05),
+])
+def test_table1_recipes_use_table6_hyperparameters(name, dataset, lr, lam, rho):
+    cfg = make(f"experiment={name}", f"dataset={dataset}", "optim=sam")
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.rho) == (lr, lam, rho)
+    assert cfg.batch_size == 256 and cfg.optim.nesterov
+
+
+def test_rho_search_holds_out_ten_percent():
+    assert make("experiment=rho_search").dataset.val_fraction == 0.1

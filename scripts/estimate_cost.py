@@ -1,0 +1,65 @@
+"""GPU-hour estimates of the experiment recipes, from counted FLOPs.
+
+FLOPs per training image (forward + backward, one pass) are counted with
+torch.utils.flop_counter on CPU; SAM does two passes. Hours assume a sustained
+throughput (default 175 TFLOP/s: the H100 target of running WRN-28-10 SAM for 200
+epochs in one hour); they are estimates, not measurements.
+
+    python scripts/estimate_cost.py [--tflops 175]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sam.models import build_model  # noqa: E402
+
+TRAIN_IMAGES = 50_000
+# recipe -> (model, epochs, runs per optimizer, extra SGD runs at 2x epochs)
+RECIPES = {
+    "table1_wrn28_10": ("wrn28_10", 200, 30, 30),
+    "table1_shakeshake": ("shakeshake26_2x96d", 1800, 30, 30),
+    "table1_pyramidnet": ("pyramidnet272", 1800, 30, 30),
+    "table1_pyramidnet_shakedrop": ("pyramidnet272_shakedrop", 1800, 30, 30),
+}
+
+
+def train_flops_per_image(name: str) -> float:
+    """Counted FLOPs of one forward + backward of a CIFAR image (batch 2, halved)."""
+    model = build_model(name, num_classes=10).train()
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / 2
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tflops", type=float, default=175.0, help="sustained TFLOP/s assumed")
+    args = p.parse_args()
+    rate = args.tflops * 1e12
+    flops = {m: train_flops_per_image(m) for m in {"resnet20", *(r[0] for r in RECIPES.values())}}
+    print(f"assumed sustained rate: {args.tflops:.0f} TFLOP/s (estimates, not measurements)")
+    print(f"{'recipe':<30}{'GFLOP/img':>10}{'SGD h/run':>11}{'SAM h/run':>11}{'total GPU-h':>13}")
+    for recipe, (model, epochs, runs, sgd2x) in RECIPES.items():
+        sgd = epochs * TRAIN_IMAGES * flops[model] / rate / 3600
+        total = runs * sgd + runs * 2 * sgd + sgd2x * 2 * sgd
+        print(f"{recipe:<30}{flops[model] / 1e9:>10.1f}{sgd:>11.2f}{2 * sgd:>11.2f}{total:>13.0f}")
+    # m-sharpness: 30 SAM runs of ResNet-20, 100 epochs; rho_search: 6 SAM runs of
+    # WRN-28-10 on 45,000 images for 200 epochs
+    ms = 30 * 100 * TRAIN_IMAGES * 2 * flops["resnet20"] / rate / 3600
+    rs = 6 * 200 * 45_000 * 2 * flops["wrn28_10"] / rate / 3600
+    print(f"{'msharpness':<30}{flops['resnet20'] / 1e9:>10.2f}{'':>11}{ms / 30:>11.3f}{ms:>13.1f}")
+    print(f"{'rho_search':<30}{flops['wrn28_10'] / 1e9:>10.1f}{'':>11}{rs / 6:>11.2f}{rs:>13.0f}")
+    print("msharpness is a lower bound: a net this small runs far below the assumed rate.")
+
+
+if __name__ == "__main__":
+    main()
