@@ -1,4 +1,4 @@
-"""Console entry points: ``sam-train`` (Hydra) and ``sam-report``.
+"""Console entry points: ``sam-train`` and ``sam-sharpness`` (Hydra) and ``sam-report``.
 
 Errors reach the user as one line: a UserError or a bad override exits with
 status 2, anything else with 1; ``HYDRA_FULL_ERROR=1`` shows the traceback.
@@ -7,15 +7,21 @@ status 2, anything else with 1; ``HYDRA_FULL_ERROR=1`` shows the traceback.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from sam import distributed
 from sam.errors import UserError
 
 CONFIG_PATH = "pkg://sam.configs"
@@ -31,6 +37,7 @@ def _train(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     overrides = list(hc.overrides.task)
+    distributed.adopt_submitit_env()  # several SLURM tasks of one job -> DDP ranks
     try:
         results = run(cfg, hc.runtime.output_dir, overrides=overrides,
                       choices=dict(hc.runtime.choices), multirun=multirun)
@@ -39,12 +46,66 @@ def _train(cfg: DictConfig) -> float | None:
             raise
         status = 2 if isinstance(err, UserError) else 1
         where = f" [job {hc.job.num}: {' '.join(overrides)}]" if multirun else ""
-        print(f"sam-train: error: {_one_line(err)}{where}", file=sys.stderr)
+        print(f"{_prog()}: error: {_one_line(err)}{where}", file=sys.stderr)
         if not multirun:
             sys.exit(status)
-        _failed_jobs.append(" ".join(overrides))  # the other jobs of the sweep go on
+        _record_failed(hc, " ".join(overrides))  # the other jobs of the sweep go on
         return None
+    finally:
+        distributed.cleanup()
     return results["final"]["test_error"] if results.get("final") else None
+
+
+_FAILED_DIR = ".failed_jobs"  # in the sweep directory, while a sweep runs
+
+
+def _record_failed(hc: Any, line: str) -> None:
+    """Remember a failed sweep job here, and in <sweep dir>/.failed_jobs/ for a launcher
+    that ran it in another process (joblib, submitit): see ``FailedJobs``."""
+    _failed_jobs.append(line)
+    try:
+        folder = Path(hc.sweep.dir) / _FAILED_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{hc.job.num}.txt").write_text(line + "\n")
+    except OSError:
+        pass  # the job's results.json still records its status
+
+
+class FailedJobs(Callback):
+    """Hydra callback (configs/train.yaml): after a sweep, the launching process reads
+    the failed jobs that other processes recorded, so that ``sam-train -m`` lists them
+    and exits with status 2 whichever launcher ran the jobs."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        shutil.rmtree(Path(config.hydra.sweep.dir) / _FAILED_DIR, ignore_errors=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        folder = Path(config.hydra.sweep.dir) / _FAILED_DIR
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.glob("*.txt"), key=lambda p: int(p.stem)):
+            line = path.read_text().strip()
+            if line not in _failed_jobs:
+                _failed_jobs.append(line)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _prog() -> str:
+    """``sam-train``, tagged with the rank for ranks > 0 of a multi-process run."""
+    r = distributed.env_rank()
+    return f"sam-train[rank {r}]" if distributed.env_world_size() > 1 and r > 0 else "sam-train"
+
+
+def _torchrun_argv() -> None:
+    """Under torchrun (WORLD_SIZE > 1) one command is one run: refuse a sweep; ranks > 0
+    compose the same config but write nothing of Hydra's (rank 0 sends its run dir)."""
+    if distributed.env_world_size() <= 1:
+        return
+    if any(a in ("-m", "--multirun") or a == "hydra.mode=MULTIRUN" for a in sys.argv[1:]):
+        raise UserError("torchrun runs one training run, not a sweep: drop -m, or sweep with "
+                        "-m hydra/launcher=slurm hydra.launcher.gpus_per_node=N (N GPUs per run)")
+    if distributed.env_rank() > 0:
+        sys.argv += list(distributed.QUIET_RANK_OVERRIDES)
 
 
 def _one_line(err: BaseException) -> str:
@@ -54,29 +115,78 @@ def _one_line(err: BaseException) -> str:
 
 def train_main() -> None:
     """``sam-train``: run Hydra, turning errors into one line and an exit status."""
-    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["SAM_FULL_ERROR"] = "1" if full_error else "0"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
-    try:
+    def main() -> None:
+        _torchrun_argv()
         _train()
         if _failed_jobs:
             print(f"sam-train: {len(_failed_jobs)} job(s) failed: "
                   + "; ".join(_failed_jobs), file=sys.stderr)
             sys.exit(2)
+
+    _guarded(_prog(), main, "interrupted; rerun the same command to resume")
+
+
+def _guarded(prog: str, main: Callable[[], object], interrupted: str = "interrupted") -> None:
+    """Run a Hydra entry point; UserError and bad overrides -> one line on stderr, exit 2;
+    anything else -> one line, exit 1 (``HYDRA_FULL_ERROR=1`` re-raises with the traceback)."""
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["SAM_FULL_ERROR"] = "1" if full_error else "0"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
+    try:
+        _unwrapped(main)
     except (UserError, HydraException, OmegaConfBaseException) as err:
         if full_error:
             raise
-        print(f"sam-train: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("sam-train: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"{prog}: {interrupted}", file=sys.stderr)
         sys.exit(130)
+    except OSError as err:  # an unwritable output directory, a full disk...
+        if full_error:
+            raise
+        print(f"{prog}: error: {_one_line(err)} (check the output directory and free space)",
+              file=sys.stderr)
+        sys.exit(2)
     except Exception as err:
         if full_error:
             raise
-        print(f"sam-train: {type(err).__name__}: {_one_line(err)} "
+        print(f"{prog}: {type(err).__name__}: {_one_line(err)} "
               "(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+class _JobError(BaseException):
+    """Carries an error out of a Hydra job past Hydra's 'Error executing job' printer."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _unwrapped(main: Callable[[], object]) -> None:
+    try:
+        main()
+    except _JobError as job:
+        raise job.error from None
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sharpness")
+def _sharpness(cfg: DictConfig) -> None:
+    from sam.sharpness_cli import run_sharpness
+
+    try:
+        run_sharpness(cfg)
+    except Exception as err:
+        if os.environ.get("SAM_FULL_ERROR") == "1":
+            raise
+        raise _JobError(err) from err
+
+
+def sharpness_main() -> None:
+    """``sam-sharpness run_dir=DIR``: Hessian spectrum and m-sharpness of a trained run
+    (configs/sharpness.yaml); writes sharpness.json and hessian_density.png."""
+    _guarded("sam-sharpness", _sharpness)
 
 
 def report_main() -> None:
@@ -87,4 +197,6 @@ def report_main() -> None:
 
 
 if __name__ == "__main__":  # python -m sam.cli ... (torchrun -m sam.cli ...)
-    train_main()
+    from sam import cli  # the importable module: one _failed_jobs for _train and FailedJobs
+
+    cli.train_main()

@@ -10,6 +10,10 @@ or the explicit two-step form
     loss_fn(model(x), y).backward(); opt.first_step(zero_grad=True)   # w -> w + eps
     loss_fn(model(x), y).backward(); opt.second_step(zero_grad=True)  # restore w, base step
 
+Multi-GPU: pass the DistributedDataParallel wrapper to ``sam_step``; it runs every pass
+under ``no_sync()`` and averages the descent gradient across ranks itself, once
+(per-rank ascent by default, ``sync_ascent=True`` for the global-batch ascent).
+
 Weight decay (lambda) has two conventions, chosen by ``wd_mode``:
 
 * ``"base"`` (default): the base optimizer applies ``weight_decay`` at w, after the
@@ -33,11 +37,13 @@ so the scaler skips the base step while the weights are already restored exactly
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 _GUARD = 1e-12  # keeps rho / ||g|| finite for a zero gradient (eps is then exactly 0)
 
@@ -268,6 +274,7 @@ def sam_step(
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     return_outputs: bool = False,
+    sync_ascent: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """One training step on a batch; returns the clean-pass loss (a 0-d tensor, no sync).
 
@@ -280,31 +287,96 @@ def sam_step(
     the mean of the shards' batch statistics (for k=1: exactly one clean forward),
     as the official code averages per-replica statistics.
     ``return_outputs`` also returns the clean-pass model outputs (for train error).
+
+    Under ``DistributedDataParallel`` (``model`` is the DDP wrapper, in a process group
+    of W ranks) ``inputs`` is this rank's part of the global batch. All passes run
+    under ``model.no_sync()`` (forward included), so DDP reduces nothing by itself;
+    then ONE all-reduce per dtype averages the descent gradients together with the
+    BatchNorm running statistics (SyncBatchNorm layers excepted: they already agree).
+    By default each rank perturbs with its own gradient: m-sharpness with m = the
+    per-rank batch, or with shards of ``m`` inside each rank, exactly a single-process
+    ``sam_step(..., m)`` on the concatenated global batch. ``sync_ascent=True``
+    averages the clean-pass gradient over the ranks before eps is computed (one more
+    all-reduce; one shard per rank, ``m`` None): plain SAM on the global batch (with
+    BatchNorm, each rank still normalises with its own batch statistics). A plain base
+    optimizer gets the same treatment: gradients and BN statistics averaged once.
+    ``sync_ascent`` has no effect outside DDP.
     """
     optimizer.zero_grad(set_to_none=True)
-    if not isinstance(optimizer, SAM):
-        loss, out = _forward_backward(model, loss_fn, inputs, targets, amp_dtype, scaler)
-        _base_step(optimizer, scaler, None)
-        return (loss, out) if return_outputs else loss
-    if scaler is not None and any(g["l2"] for g in optimizer.param_groups):
-        raise ValueError("GradScaler with wd_mode='loss' is not supported; use bf16 or 'base'")
-    batch = inputs.shape[0]
-    m = batch if m is None else m
-    if m <= 0 or batch % m:
-        raise ValueError(f"m={m} must divide the batch size {batch}")
-    shards = batch // m
-    if shards == 1:
-        loss, out = _sam_shard(model, optimizer, loss_fn, inputs, targets, amp_dtype, scaler)
-    else:
-        loss, out = _sam_shards(model, optimizer, loss_fn, inputs, targets, m, amp_dtype, scaler)
+    ddp = model if _in_process_group(model) else None
+    with ddp.no_sync() if ddp is not None else nullcontext():
+        if not isinstance(optimizer, SAM):
+            loss, out = _forward_backward(model, loss_fn, inputs, targets, amp_dtype, scaler)
+            if ddp is not None:
+                _average_across_ranks(ddp, optimizer, with_bn=True)
+            _base_step(optimizer, scaler, None)
+            return (loss, out) if return_outputs else loss
+        if scaler is not None and any(g["l2"] for g in optimizer.param_groups):
+            raise ValueError("GradScaler with wd_mode='loss' is not supported; use bf16 or "
+                             "'base'")
+        batch = inputs.shape[0]
+        m = batch if m is None else m
+        if m <= 0 or batch % m:
+            raise ValueError(f"m={m} must divide the batch size {batch}")
+        shards = batch // m
+        ascent_sync = ddp if sync_ascent else None
+        if ascent_sync is not None and shards > 1:
+            raise ValueError(f"sync_ascent averages the ascent over the ranks: it needs one "
+                             f"shard per rank (m=None), got m={m} for a local batch of {batch}")
+        if shards == 1:
+            loss, out = _sam_shard(model, optimizer, loss_fn, inputs, targets, amp_dtype, scaler,
+                                   ascent_sync)
+        else:
+            loss, out = _sam_shards(model, optimizer, loss_fn, inputs, targets, m, amp_dtype,
+                                    scaler)
+        if ddp is not None:
+            _average_across_ranks(ddp, optimizer, with_bn=True)
     _base_step(optimizer, scaler, optimizer)
     return (loss, out) if return_outputs else loss
 
 
-def _sam_shard(model, optimizer, loss_fn, x, y, amp_dtype, scaler) -> tuple[Tensor, Tensor]:
-    """Clean pass, ascent, perturbed pass, restore: p.grad holds grad L(w + eps)."""
+def _in_process_group(model: nn.Module) -> bool:
+    return (isinstance(model, DistributedDataParallel) and dist.is_available()
+            and dist.is_initialized() and dist.get_world_size(model.process_group) > 1)
+
+
+@torch.no_grad()
+def _average_across_ranks(ddp: DistributedDataParallel, optimizer: torch.optim.Optimizer,
+                          with_bn: bool) -> None:
+    """p.grad (and BN running mean/var when ``with_bn``) <- the mean over the ranks.
+
+    One flat all-reduce per (dtype, device). A parameter without a gradient takes part
+    with zeros (and keeps them), so every rank applies the same update."""
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    tensors = [p.grad for p in params]
+    if with_bn:
+        tensors += [b for bn in _batch_norms(ddp)
+                    if bn.track_running_stats and not isinstance(bn, nn.SyncBatchNorm)
+                    for b in (bn.running_mean, bn.running_var)
+                    if b is not None and b.is_floating_point()]
+    buckets: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+    for t in tensors:
+        buckets.setdefault((t.dtype, t.device), []).append(t)
+    world = dist.get_world_size(ddp.process_group)
+    for group in buckets.values():
+        flat = torch.cat([t.reshape(-1) for t in group])
+        dist.all_reduce(flat, group=ddp.process_group)
+        flat.div_(world)
+        parts = flat.split([t.numel() for t in group])
+        torch._foreach_copy_(group, [f.view_as(t) for f, t in zip(parts, group, strict=True)])
+
+
+def _sam_shard(model, optimizer, loss_fn, x, y, amp_dtype, scaler,
+               ascent_sync: DistributedDataParallel | None = None) -> tuple[Tensor, Tensor]:
+    """Clean pass, ascent, perturbed pass, restore: p.grad holds grad L(w + eps).
+    With ``ascent_sync`` (a DDP model) the clean gradient is first averaged over ranks."""
     rng = _RngReplay(x.device)
     loss, out = _forward_backward(model, loss_fn, x, y, amp_dtype, scaler)
+    if ascent_sync is not None:
+        _average_across_ranks(ascent_sync, optimizer, with_bn=False)
     optimizer.first_step(zero_grad=True)
     rng.replay()
     with frozen_bn_stats(model):

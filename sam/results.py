@@ -5,12 +5,16 @@ results.json of one run (errors are percentages, 0-100):
     schema_version  1
     status          "running" | "complete" | "failed" | "diverged"
     error           null or the one-line reason of a failure
+    diverged_at     {epoch, step} where the loss became NaN/inf (status "diverged" only)
     summary         {dataset, model, augment, optim, rho, m, epochs, seed, batch_size,
                      lr, lam, eval_split}: the keys a report groups runs by
     overrides       the Hydra task overrides of the run
     config          the fully resolved config
     history         one dict per finished epoch: epoch, train_loss, train_error,
-                    test_loss, test_error, lr, images_per_sec, epoch_time_s
+                    test_loss, test_error, lr, images_per_sec, epoch_time_s; with
+                    sharpness.every > 0 also sharpness_lambda_max, sharpness_lambda_ratio,
+                    sharpness_trace, sharpness_trace_stderr, sharpness_m_sharpness,
+                    sharpness_time_s on the measured epochs (sam/measure.py)
     final           the last epoch's metrics (never the best epoch) or null
     wall_time_s, images_per_sec, device, versions, started_at, updated_at
 """

@@ -28,8 +28,10 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import sam
+from sam import distributed
 from sam.data import load_dataset, make_loader
 from sam.errors import UserError
+from sam.measure import check_training_config, epoch_sharpness
 from sam.optim import sam_step
 from sam.results import (
     RESULTS_FILE,
@@ -45,11 +47,16 @@ log = logging.getLogger(__name__)
 # config keys that may differ when a run directory is resumed
 RESUME_FREE_KEYS = ("device", "progress", "data_dir", "compile", "nan_check_every",
                     "eval_batch_size", "dataset.data_dir", "dataset.download",
-                    "dataset.verify", "dataset.fallback_synthetic")
+                    "dataset.verify", "dataset.fallback_synthetic", "sharpness")
 
 
 class Diverged(Exception):
-    """The training loss became NaN or inf."""
+    """The training loss became NaN or inf at (epoch, step), both counted from 1."""
+
+    def __init__(self, step: int, epoch: int | None = None) -> None:
+        self.step, self.epoch = step, epoch
+        super().__init__(f"loss became NaN/inf in epoch {epoch}, step {step}: lower lr or "
+                         "rho; the last good checkpoint is kept")
 
 
 def cosine_schedule(
@@ -84,12 +91,30 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise UserError(msg)
 
+    kinds = {"epochs": int, "batch_size": int, "eval_batch_size": int, "seed": int,
+             "lr": (int, float), "lam": (int, float)}
+    if cfg.optim.name == "sam":
+        kinds["rho"] = (int, float)
+    for key, kind in kinds.items():
+        value = cfg[key]
+        need(isinstance(value, kind) and not isinstance(value, bool),
+             f"{key}={value!r}: must be a number ({'an integer' if kind is int else 'a float'})")
+    need(cfg.m is None or (isinstance(cfg.m, int) and not isinstance(cfg.m, bool)),
+         f"m={cfg.m!r}: must be an integer or null")
     need(cfg.epochs >= 1, f"epochs={cfg.epochs}: must be >= 1")
+    d = cfg.dataset
+    need(0 <= d.val_fraction < 1, f"dataset.val_fraction={d.val_fraction}: must be in [0, 1)")
+    for key in ("subset", "test_subset"):
+        need(d[key] is None or (isinstance(d[key], int) and d[key] >= 1),
+             f"dataset.{key}={d[key]}: must be a positive integer or null")
     need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be >= 1")
     need(cfg.eval_batch_size >= 1, f"eval_batch_size={cfg.eval_batch_size}: must be >= 1")
     need(cfg.lr > 0, f"lr={cfg.lr}: must be > 0")
     need(cfg.lam >= 0, f"lam={cfg.lam}: must be >= 0")
     need(cfg.amp in ("auto", "bf16", "fp16", "off"), f"amp={cfg.amp}: use auto, bf16, fp16 or off")
+    device = resolve_device(cfg.device)
+    need(cfg.amp != "fp16" or device.type == "cuda",
+         "amp=fp16 needs CUDA: use amp=bf16 or amp=off on cpu")
     if cfg.optim.name == "sam":
         need(cfg.optim.rho >= 0, f"rho={cfg.optim.rho}: must be >= 0 (0.05 is the paper's)")
         need(cfg.optim.p in (2, math.inf), f"optim.p={cfg.optim.p}: must be 2 or .inf")
@@ -99,13 +124,19 @@ def validate(cfg: DictConfig) -> None:
         need(cfg.m >= 1 and cfg.batch_size % cfg.m == 0,
              f"m={cfg.m} does not divide batch_size={cfg.batch_size}: pick m from the "
              f"divisors of the batch (or m=null for plain SAM)")
+    distributed.check_config(cfg, device)
+    check_training_config(cfg)
 
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; anything else as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name}: not a torch device; use auto, cpu, cuda or cuda:N"
+                        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} but CUDA is not available: use device=auto or cpu")
     return device
@@ -127,10 +158,11 @@ class Data:
     name: str
     eval_split: str
     source: str
+    splits: Any = None  # the uint8 CPU tensors behind the loaders (sharpness subset)
 
 
-def build_data(cfg: DictConfig, device: torch.device) -> Data:
-    """Load the dataset (synthetic fallback when allowed) and make the two loaders."""
+def load_splits(cfg: DictConfig):
+    """The run's dataset as uint8 CPU tensors (synthetic fallback when allowed)."""
     d = cfg.dataset
     kwargs = dict(subset=d.subset, val_fraction=d.val_fraction, seed=cfg.seed)
     try:
@@ -146,6 +178,13 @@ def build_data(cfg: DictConfig, device: torch.device) -> Data:
         log.warning("NOTICE: %s -- falling back to SYNTHETIC data; these results are not %s",
                     err, d.name)
         splits = load_dataset("synthetic", "", seed=cfg.seed, synthetic_size=(4096, 1024))
+    return splits
+
+
+def build_data(cfg: DictConfig, device: torch.device) -> Data:
+    """Load the dataset (synthetic fallback when allowed) and make the two loaders."""
+    d = cfg.dataset
+    splits = load_splits(cfg)
     eval_x, eval_y = splits.test_x, splits.test_y
     if d.test_subset is not None:
         eval_x, eval_y = eval_x[: d.test_subset], eval_y[: d.test_subset]
@@ -159,7 +198,7 @@ def build_data(cfg: DictConfig, device: torch.device) -> Data:
     evaluation = make_loader(eval_x, eval_y, batch_size=cfg.eval_batch_size, augment="none",
                              shuffle=False, drop_last=False, num_workers=0, **common)
     return Data(train, evaluation, splits.num_classes, splits.name,
-                getattr(splits, "eval_split", "test"), splits.source)
+                getattr(splits, "eval_split", "test"), splits.source, splits=splits)
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -189,19 +228,22 @@ def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, dev
     seen = 0
     check_every = 1 if device.type == "cpu" else max(1, cfg.nan_check_every)
     channels_last = _channels_last(cfg, device)
+    local_m, sync_ascent = distributed.local_m(cfg), cfg.get("ddp_sync_ascent", False)
     for step, (x, y) in enumerate(tqdm(loader, disable=not progress, leave=False, unit="batch")):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss, out = sam_step(model, optimizer, F.cross_entropy, x, y, m=cfg.m,
-                             amp_dtype=amp_dtype, scaler=scaler, return_outputs=True)
+        loss, out = sam_step(model, optimizer, F.cross_entropy, x, y, m=local_m,
+                             amp_dtype=amp_dtype, scaler=scaler, return_outputs=True,
+                             sync_ascent=sync_ascent)
         scheduler.step()
         loss_sum += loss.float() * len(y)
         wrong += (out.argmax(1) != y).sum()
         seen += len(y)
-        if step % check_every == 0 and not torch.isfinite(loss_sum):
-            raise Diverged(f"step {step + 1}")
+        if step % check_every == 0 and not distributed.all_finite(loss_sum):  # all ranks
+            raise Diverged(step + 1)
+    loss_sum, wrong, seen = distributed.sum_across_ranks(loss_sum, wrong, seen)  # under DDP
     if not torch.isfinite(loss_sum):
-        raise Diverged(f"step {len(loader)}")
+        raise Diverged(len(loader))
     return loss_sum.item() / seen, 100.0 * wrong.item() / seen, seen
 
 
@@ -218,6 +260,7 @@ def evaluate(model: nn.Module, loader, amp_dtype, device: torch.device) -> tuple
         loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
         wrong += (out.argmax(1) != y).sum()
         n += len(y)
+    loss_sum, wrong, n = distributed.sum_across_ranks(loss_sum, wrong, n)  # under DDP
     return loss_sum.item() / n, 100.0 * wrong.item() / n
 
 
@@ -273,6 +316,9 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     """Train one run into ``run_dir``; return its results dict (also in results.json)."""
     run_dir = Path(run_dir)
     validate(cfg)
+    device = distributed.init(resolve_device(cfg.device))  # joins the ranks under torchrun
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's, on every rank
+    main = distributed.is_main()  # only rank 0 logs, prints and writes files
     config = OmegaConf.to_container(cfg, resolve=True)
     results_path = run_dir / RESULTS_FILE
     ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -281,13 +327,15 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
         log.info("run in %s is already complete (final test error %.2f%%): nothing to do",
                  run_dir, previous["final"]["test_error"])
         return previous
-    device = resolve_device(cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
     data = build_data(cfg, device)
+    data.train, data.eval = distributed.shard(data.train), distributed.shard(data.eval)
     net = instantiate(cfg.model).to(device)
     if _channels_last(cfg, device):
         net = net.to(memory_format=torch.channels_last)
     model = torch.compile(net) if cfg.compile else net
+    train_model = distributed.wrap(model, device, cfg.get("sync_bn", False))  # DDP or model
+    distributed.seed_rank(cfg.seed)  # distinct dropout/shake noise on each rank
     optimizer = build_optimizer(cfg, net)
     steps = len(data.train)
     scheduler = instantiate(cfg.schedule)(optimizer, total_steps=cfg.epochs * steps,
@@ -301,6 +349,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
         "device": _device_name(device), "versions": _versions(),
         "started_at": _now(), "updated_at": _now(),
     }
+    if distributed.is_distributed():
+        results["distributed"] = distributed.describe(cfg)
     start_epoch = 0
     state, note = load_checkpoint(ckpt_path)
     if note:
@@ -317,24 +367,27 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
         torch.set_rng_state(state["rng"]["cpu"])
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        distributed.restore_rng(state.get("rng_ranks"), device)
         start_epoch = state["epoch"]
         results.update(history=state["history"], wall_time_s=state["wall_time_s"],
                        started_at=state["started_at"])
         log.info("resuming %s from epoch %d", run_dir, start_epoch)
-    progress = _progress_enabled(cfg, multirun)
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
-    write_json(results_path, results)
+    progress = _progress_enabled(cfg, multirun) and main
+    distributed.barrier()  # every rank has read the run directory before rank 0 writes
+    writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
+              if main else _NoWriter())
+    if main:
+        write_json(results_path, results)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             data.train.set_epoch(epoch)
             try:
                 train_loss, train_error, seen = train_epoch(
-                    model, optimizer, scheduler, data.train, cfg, amp_dtype, scaler, device,
-                    progress)
+                    train_model, optimizer, scheduler, data.train, cfg, amp_dtype, scaler,
+                    device, progress)
             except Diverged as div:
-                raise Diverged(f"loss became NaN/inf in epoch {epoch + 1}, {div}: lower lr "
-                               "or rho; the last good checkpoint is kept") from None
+                raise Diverged(div.step, epoch + 1) from None
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_time = time.perf_counter() - t0
@@ -348,20 +401,24 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
             log.info("epoch %d/%d  train loss %.4f err %.2f%%  %s loss %.4f err %.2f%%  "
                      "%.0f img/s", epoch + 1, cfg.epochs, train_loss, train_error,
                      data.eval_split, test_loss, test_error, metrics["images_per_sec"])
+            metrics.update(epoch_sharpness(cfg, net, data.splits, epoch + 1, writer))
             results["history"].append(metrics)
             results["wall_time_s"] += epoch_time
             results["updated_at"] = _now()
-            save_checkpoint(ckpt_path, {
-                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch + 1, "config": config, "history": results["history"],
-                "wall_time_s": results["wall_time_s"], "started_at": results["started_at"],
-                "rng": {"cpu": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda"
-                        else None},
-            })
-            write_json(results_path, results)
+            rng_ranks = distributed.rng_states(device)  # collective: before `if main`
+            if main:
+                save_checkpoint(ckpt_path, {
+                    "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "epoch": epoch + 1, "config": config, "history": results["history"],
+                    "wall_time_s": results["wall_time_s"], "started_at": results["started_at"],
+                    "rng": {"cpu": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda"
+                            else None},
+                    "rng_ranks": rng_ranks,
+                })
+                write_json(results_path, results)
         history = results["history"]
         results["final"] = {k: history[-1][k] for k in
                             ("epoch", "train_loss", "train_error", "test_loss", "test_error")}
@@ -372,13 +429,23 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
                             if k != "epoch"}, run_name=".")
     except BaseException as err:
         results["status"] = "diverged" if isinstance(err, Diverged) else "failed"
+        if isinstance(err, Diverged):
+            results["diverged_at"] = {"epoch": err.epoch, "step": err.step}
         results["error"] = f"{type(err).__name__}: {err}"
         raise
     finally:
         results["updated_at"] = _now()
-        write_json(results_path, results)
+        if main:
+            write_json(results_path, results)
         writer.close()
     return results
+
+
+class _NoWriter:
+    """SummaryWriter stand-in for ranks > 0: every call does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
 
 
 def _previous_results(path: Path, config: dict) -> dict | None:

@@ -34,3 +34,9 @@ def test_wheel_install_runs_sam_train_cfg_job(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "name: cifar100" in proc.stdout and "_target_: torch.optim.SGD" in proc.stdout
+    # the launcher choices (configs/hydra/launcher/) ship too
+    proc = subprocess.run([str(env_dir / "bin" / "sam-train"), "--cfg", "hydra",
+                           "hydra/launcher=slurm"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "submitit_launcher.SlurmLauncher" in proc.stdout

@@ -1,0 +1,205 @@
+"""SAM under DistributedDataParallel: 2 CPU processes (gloo) against single-process
+references, and `torchrun -m sam.cli` end to end.
+
+What "the same" means with BatchNorm: by default each rank is one m-sharpness shard, so
+a DDP step equals a single-process ``sam_step(..., m=B/2)`` on the global batch in
+everything, BatchNorm included: every pass normalises with the shard's (= rank's) own
+batch statistics and the running statistics end as the mean of the shards' updates
+(sam_step averages them across ranks). The synchronised ascent equals plain SAM
+(m = B) only without BatchNorm (or with SyncBatchNorm): each rank still normalises with
+its own half-batch statistics, so (b) uses a model without BatchNorm; likewise SGD
+under DDP equals SGD on the global batch only without BatchNorm.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+
+from sam import SAM, distributed, sam_step
+from sam.errors import UserError
+
+WORLD, BATCH, STEPS = 2, 8, 2
+ENV = os.environ | {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+ENV.pop("HYDRA_FULL_ERROR", None)
+
+
+def bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 6 * 6, 3)).double()
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 7), nn.Tanh(),
+                         nn.Linear(7, 3)).double()
+
+
+def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(2)
+    return [(torch.randn(BATCH, 3, 8, 8, generator=g, dtype=torch.float64),
+             torch.randint(0, 3, (BATCH,), generator=g)) for _ in range(STEPS)]
+
+
+def make_opt(model: nn.Module, sam: bool = True) -> torch.optim.Optimizer:
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    if sam:
+        return SAM(model.parameters(), torch.optim.SGD, rho=0.05, **kw)
+    return torch.optim.SGD(model.parameters(), **kw)
+
+
+# name: (model, SAM?, m inside sam_step, sync_ascent, single-process m on the global batch)
+CASES = {
+    "default_bn": (bn_net, True, None, False, BATCH // WORLD),
+    "shards_in_rank_bn": (bn_net, True, 2, False, 2),
+    "sync_ascent": (mlp, True, None, True, None),
+    "sgd": (mlp, False, None, False, None),
+}
+
+
+def train(name: str, model: nn.Module, local: bool) -> dict:
+    """STEPS steps of CASES[name]: on this rank's half of each batch (local) or on the
+    global batch in one process with the reference m."""
+    _, is_sam, m, sync, ref_m = CASES[name]
+    opt = make_opt(model.module if local else model, is_sam)
+    for x, y in batches():
+        if local:
+            r = dist.get_rank()
+            x, y = x.tensor_split(WORLD)[r], y.tensor_split(WORLD)[r]
+            sam_step(model, opt, F.cross_entropy, x, y, m=m, sync_ascent=sync)
+        else:
+            sam_step(model, opt, F.cross_entropy, x, y, m=ref_m)
+    net = model.module if local else model
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD)
+    try:
+        states = {}
+        for name, (factory, *_rest) in CASES.items():
+            ddp = nn.parallel.DistributedDataParallel(factory())
+            states[name] = train(name, ddp, local=True)
+        torch.save(states, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_states(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_ddp_step_equals_single_process_reference(ddp_states, name):
+    """(a) default: per-rank perturbation = sam_step(m=B/2) on the global batch, BN
+    running stats included; m inside ranks = sam_step(m); (b) sync_ascent = plain SAM
+    (m=B); SGD = SGD on the global batch. The descent gradient is averaged exactly once
+    (twice would halve the update, never would leave the ranks apart)."""
+    factory = CASES[name][0]
+    expected = train(name, factory(), local=False)
+    start = factory().state_dict()
+    for rank_state in ddp_states:
+        got = rank_state[name]
+        assert got.keys() == expected.keys()
+        for k in expected:
+            torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-10, msg=k)
+    moved = max((expected[k].double() - start[k].double()).abs().max().item() for k in start)
+    assert moved > 1e-3  # the steps did something
+    if name == "sync_ascent":  # and it is not the per-rank (m = B/2) update
+        per_rank = train("default_bn", copy.deepcopy(factory()), local=False)
+        assert any((per_rank[k] - expected[k]).abs().max() > 1e-8 for k in expected)
+
+
+def test_sync_ascent_outside_ddp_changes_nothing():
+    a, b = mlp(), mlp()
+    for x, y in batches():
+        sam_step(a, make_opt(a), F.cross_entropy, x, y, sync_ascent=True)
+        sam_step(b, make_opt(b), F.cross_entropy, x, y)
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters(),
+                                                      strict=True))
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (dict(batch_size=33), "batch_size=33 is not divisible by the 2 processes"),
+    (dict(m=32), "m=32 does not divide the per-rank batch 16"),
+    (dict(m=3), "m=3 does not divide the per-rank batch 16"),
+    (dict(m=8, ddp_sync_ascent=True), "m=8 with ddp_sync_ascent=true"),
+    (dict(sync_bn=True), "sync_bn=true needs CUDA"),
+])
+def test_multi_process_config_errors(monkeypatch, overrides, words):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = OmegaConf.create({"batch_size": 32, "m": None, "optim": {"name": "sam"},
+                            "ddp_sync_ascent": False, "sync_bn": False} | overrides)
+    with pytest.raises(UserError, match=words):
+        distributed.check_config(cfg, torch.device("cpu"))
+    for fine in (dict(m=8), dict(m=32, ddp_sync_ascent=True), dict(optim={"name": "sgd"})):
+        distributed.check_config(OmegaConf.merge(cfg, dict(batch_size=32, sync_bn=False),
+                                                 dict(m=None, ddp_sync_ascent=False), fine),
+                                 torch.device("cpu"))
+
+
+def sam_train_torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={WORLD}", "-m", "sam.cli", *args]
+    return subprocess.run(cmd, cwd=cwd, env=ENV, text=True, capture_output=True, timeout=600)
+
+
+SMALL = ["dataset=synthetic", "model=resnet20", "batch_size=32", "dataset.train_size=128",
+         "dataset.test_size=64", "eval_batch_size=48", "epochs=1"]
+
+
+def test_torchrun_writes_one_result_equal_to_single_process_m(tmp_path):
+    """(c) torchrun with 2 ranks: one results.json (rank 0) complete, nothing else written
+    by rank 1, and the same run as one process with m = the per-rank batch (16)."""
+    proc = sam_train_torchrun(*SMALL, "hydra.run.dir=ddp", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("results.json")] == \
+        [Path("ddp/results.json")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # no stray run dirs
+    assert (proc.stdout + proc.stderr).count("epoch 1/1") == 1  # rank 1 prints nothing
+    r = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert r["status"] == "complete" and r["error"] is None
+    assert r["distributed"] == {"world_size": 2, "backend": "gloo", "per_rank_batch": 16,
+                                "sync_ascent": False, "sync_bn": False, "effective_m": 16}
+    single = subprocess.run([sys.executable, "-m", "sam.cli", *SMALL, "m=16",
+                             "hydra.run.dir=single"], cwd=tmp_path, env=ENV, text=True,
+                            capture_output=True, timeout=600)
+    assert single.returncode == 0, single.stderr
+    s = json.loads((tmp_path / "single" / "results.json").read_text())
+    for key in ("train_loss", "train_error", "test_loss", "test_error"):
+        assert r["final"][key] == pytest.approx(s["final"][key], rel=1e-4, abs=1e-4), key
+
+
+def test_torchrun_bad_split_is_one_line_per_rank(tmp_path):
+    proc = sam_train_torchrun("dataset=synthetic", "model=resnet20", "epochs=1",
+                              "batch_size=33", "hydra.run.dir=run", cwd=tmp_path)
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if "sam-train" in ln]
+    assert sorted(ln.split(":")[0] for ln in lines) == ["sam-train", "sam-train[rank 1]"]
+    assert all("batch_size=33 is not divisible" in ln for ln in lines), proc.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
