@@ -36,6 +36,7 @@ so the scaler skips the base step while the weights are already restored exactly
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -275,6 +276,7 @@ def sam_step(
     scaler: torch.amp.GradScaler | None = None,
     return_outputs: bool = False,
     sync_ascent: bool = False,
+    shard_impl: str = "auto",
 ) -> Tensor | tuple[Tensor, Tensor]:
     """One training step on a batch; returns the clean-pass loss (a 0-d tensor, no sync).
 
@@ -287,6 +289,13 @@ def sam_step(
     the mean of the shards' batch statistics (for k=1: exactly one clean forward),
     as the official code averages per-replica statistics.
     ``return_outputs`` also returns the clean-pass model outputs (for train error).
+
+    ``shard_impl`` picks how k > 1 shards run: "loop" (2k small passes), "vmap" (all
+    shards in two batched passes with torch.func.vmap; the same math, per-shard
+    parameter copies in memory) or "auto": vmap when there are many shards (k >= 32 on
+    CPU, k >= 4 on CUDA where small passes are launch-bound), the k parameter copies
+    fit in 2^28 numbers and no GradScaler is used; the loop otherwise, and also when a
+    layer cannot be vmapped (a warning says so once).
 
     Under ``DistributedDataParallel`` (``model`` is the DDP wrapper, in a process group
     of W ranks) ``inputs`` is this rank's part of the global batch. All passes run
@@ -326,6 +335,9 @@ def sam_step(
         if shards == 1:
             loss, out = _sam_shard(model, optimizer, loss_fn, inputs, targets, amp_dtype, scaler,
                                    ascent_sync)
+        elif _vmap_wanted(shard_impl, optimizer, inputs.device, shards, scaler):
+            loss, out = _sam_shards_vmap_or_loop(model, optimizer, loss_fn, inputs, targets, m,
+                                                 amp_dtype, scaler, shard_impl)
         else:
             loss, out = _sam_shards(model, optimizer, loss_fn, inputs, targets, m, amp_dtype,
                                     scaler)
@@ -415,6 +427,111 @@ def _sam_shards(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler) -> tuple[
         for p, g in zip(params, torch._foreach_div(grad_sum, shards), strict=True):
             p.grad = g
     return torch.stack(losses).mean(), torch.cat(outs)
+
+
+def _vmap_wanted(impl: str, optimizer: SAM, device: torch.device, shards: int,
+                 scaler: torch.amp.GradScaler | None) -> bool:
+    """Whether the k shards run batched with vmap (see sam_step's ``shard_impl``)."""
+    if impl not in ("auto", "loop", "vmap"):
+        raise ValueError(f"shard_impl must be auto, loop or vmap, got {impl!r}")
+    if impl != "auto":
+        return impl == "vmap"
+    numel = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    many = shards >= (4 if device.type == "cuda" else 32)
+    return (many and shards * numel <= 2**28 and scaler is None
+            and not getattr(optimizer, "vmap_failed", False))
+
+
+def _sam_shards_vmap_or_loop(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler,
+                             impl: str) -> tuple[Tensor, Tensor]:
+    """vmap; in "auto" mode a layer that vmap cannot batch falls back to the loop (the
+    vmap path changes no state before it succeeds; the RNG is replayed)."""
+    if scaler is not None:
+        raise ValueError("shard_impl='vmap' does not support a GradScaler; use 'loop'")
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    rng = _RngReplay(x.device)
+    try:
+        return _sam_shards_vmap(net, optimizer, loss_fn, x, y, m, amp_dtype)
+    except RuntimeError as err:
+        if impl == "vmap":
+            raise
+        warnings.warn(f"m-sharpness: vmap failed ({err}); using the per-shard loop",
+                      stacklevel=3)
+        optimizer.vmap_failed = True
+        rng.replay()
+        return _sam_shards(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler)
+
+def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype) -> tuple[Tensor, Tensor]:
+    """m-sharpness with all k shards at once (torch.func.vmap over the shard axis): the
+    same math as the loop, per-shard g_i, eps_i and grad L_i(w + eps_i), in two batched
+    passes instead of 2k small ones. Each shard updates its own copy of the BatchNorm
+    buffers in the clean pass; the model keeps their mean, as in the loop."""
+    from torch.func import functional_call, grad, vmap
+
+    k = x.shape[0] // m
+    xs, ys = x.reshape(k, m, *x.shape[1:]), y.reshape(k, m)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = {n: p.detach() for n, p in named}
+    tracked = {id(b) for bn in _batch_norms(model) if bn.track_running_stats
+               for b in bn.buffers()}
+    buffers = dict(model.named_buffers())
+    shard_buffers = {n: b.expand(k, *b.shape).clone() if id(b) in tracked else b
+                     for n, b in buffers.items()}
+    buffer_dims = {n: 0 if id(b) in tracked else None for n, b in buffers.items()}
+
+    def shard_loss(p, b, xi, yi):
+        with torch.autocast(xi.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = functional_call(model, (p, b), (xi,))
+            loss = loss_fn(out, yi)
+        return loss, (loss.detach(), out.detach())
+
+    rng = _RngReplay(x.device)
+    clean = vmap(grad(shard_loss, has_aux=True), in_dims=(None, buffer_dims, 0, 0),
+                 randomness="different")
+    g, (losses, outs) = clean(params, shard_buffers, xs, ys)
+    perturbed = _shard_perturbed(optimizer, named, g, k)
+    rng.replay()
+    with frozen_bn_stats(model):
+        descent = vmap(grad(shard_loss, has_aux=True), in_dims=(0, None, 0, 0),
+                       randomness="different")
+        h, _ = descent(perturbed, buffers, xs, ys)
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    with torch.no_grad():
+        for n, b in buffers.items():
+            if id(b) in tracked:
+                b.copy_(shard_buffers[n].double().mean(0) if b.is_floating_point()
+                        else shard_buffers[n][0])
+        for n, p in named:
+            l2 = group_of[id(p)]["l2"]
+            p.grad = h[n].mean(0) + l2 * perturbed[n].mean(0) if l2 else h[n].mean(0)
+    return losses.mean(), outs.reshape(-1, *outs.shape[2:])
+
+
+def _shard_perturbed(optimizer: SAM, named, grads: dict[str, Tensor], k: int) -> dict:
+    """w + eps_i for each shard i (leading axis k), with SAM.first_step's formulas and
+    the L2 norm taken per shard over all parameters."""
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    ascent, scales = {}, {}
+    sq = torch.zeros(k, device=named[0][1].device, dtype=named[0][1].dtype)
+    for n, p in named:
+        group = group_of[id(p)]
+        a = grads[n] + group["l2"] * p if group["l2"] else grads[n]
+        t = p.abs() + group["eta"] if group["adaptive"] else None
+        ascent[n], scales[n] = a, t
+        if group["p"] == 2:
+            sq = sq + (a * t if t is not None else a).flatten(1).pow(2).sum(1)
+    norm = sq.sqrt()
+    out = {}
+    for n, p in named:
+        group, a, t = group_of[id(p)], ascent[n], scales[n]
+        if group["p"] == 2:
+            e = a * (group["rho"] / (norm + _GUARD)).view(k, *[1] * p.dim())
+            e = e * (t * t) if t is not None else e
+        else:
+            e = group["rho"] * a.sign()
+            e = e * t if t is not None else e
+        out[n] = p.detach() + e
+    return out
 
 
 def _base_step(

@@ -112,6 +112,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.lr > 0, f"lr={cfg.lr}: must be > 0")
     need(cfg.lam >= 0, f"lam={cfg.lam}: must be >= 0")
     need(cfg.amp in ("auto", "bf16", "fp16", "off"), f"amp={cfg.amp}: use auto, bf16, fp16 or off")
+    need(cfg.m_impl in ("auto", "loop", "vmap"), f"m_impl={cfg.m_impl}: use auto, loop or vmap")
     device = resolve_device(cfg.device)
     need(cfg.amp != "fp16" or device.type == "cuda",
          "amp=fp16 needs CUDA: use amp=bf16 or amp=off on cpu")
@@ -234,7 +235,7 @@ def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, dev
             x = x.contiguous(memory_format=torch.channels_last)
         loss, out = sam_step(model, optimizer, F.cross_entropy, x, y, m=local_m,
                              amp_dtype=amp_dtype, scaler=scaler, return_outputs=True,
-                             sync_ascent=sync_ascent)
+                             sync_ascent=sync_ascent, shard_impl=cfg.m_impl)
         scheduler.step()
         loss_sum += loss.float() * len(y)
         wrong += (out.argmax(1) != y).sum()

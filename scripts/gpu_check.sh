@@ -28,8 +28,11 @@ log="$dest/gpu_${stamp}.txt"
     timeout 240 $PY -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider
     for model in wrn16_8 wrn28_10; do
         echo "## bench $model batch 256"
-        timeout 150 $PY scripts/bench.py --model "$model" --batch 256 --steps 15 --warmup 5 \
+        timeout 150 $PY scripts/bench.py --model "$model" --batch 256 --steps 10 --warmup 5 \
             --json "$dest/bench_${stamp}_${model}.json"
     done
+    echo "## m-sharpness cost vs m (loop vs vmap), resnet20 batch 256"
+    timeout 90 $PY scripts/bench_msharpness.py --model resnet20 --batch 256 --m 1,4,16,64,256 \
+        --steps 3 --rounds 3 --json "$dest/bench_${stamp}_msharpness.json"
 } 2>&1 | tee "$log"
 if [ -n "${OUT:-}" ]; then cp "$dest"/*"${stamp}"* "$OUT"/ 2>/dev/null; fi

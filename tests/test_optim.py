@@ -365,3 +365,44 @@ def test_bf16_autocast_step_is_close_to_fp32() -> None:
     assert db.norm() > 0
     # bf16 keeps ~3 significant digits; ReLU boundary flips add a few percent more
     assert (da - db).norm() / db.norm() < 0.2
+
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+def test_vmap_shards_equal_loop_over_shards(m: int) -> None:
+    model, (x, y) = mlp(), batch(8)
+    expected = shard_reference(model, x, y, m)
+    sam_step(model, make_sam(model), F.cross_entropy, x, y, m=m, shard_impl="vmap")
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kw", [{}, {"adaptive": True}, {"p": float("inf")},
+                                {"wd_mode": "loss"}])
+def test_vmap_shards_match_loop_with_batchnorm(kw: dict) -> None:
+    a, (x, y) = bn_net(), image_batch(8)
+    b = copy.deepcopy(a)
+    loss_a = sam_step(a, make_sam(a, **kw), F.cross_entropy, x, y, m=2, shard_impl="loop")
+    loss_b = sam_step(b, make_sam(b, **kw), F.cross_entropy, x, y, m=2, shard_impl="vmap")
+    torch.testing.assert_close(loss_a, loss_b, rtol=0, atol=1e-12)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-12)
+    for ba, bb in zip(a.buffers(), b.buffers(), strict=True):
+        torch.testing.assert_close(ba, bb, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("impl, m", [("loop", None), ("loop", 2), ("vmap", 2), ("vmap", 1)])
+def test_perturbed_pass_sees_the_clean_pass_dropout_mask(impl: str, m: int | None) -> None:
+    """L = mean_j w * drop(x_j) with one weight: grad = L / w at every point. With rho = 0
+    the descent gradient equals the clean one iff both passes drew the same masks, so
+    plain SGD must land on w - lr L / w exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Dropout(0.5), nn.Linear(1, 1, bias=False)).double()
+    x = torch.rand(8, 1, dtype=torch.float64) + 1.0
+    w0 = model[1].weight.detach().clone()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.0, lr=0.1)
+    loss = sam_step(model, opt, lambda out, y: out.mean(), x, torch.zeros(8), m=m,
+                    shard_impl=impl)
+    assert loss.item() != 0 and abs(loss.item() - (w0 * x.mean()).item()) > 1e-3, \
+        "dropout must be active"
+    torch.testing.assert_close(model[1].weight.detach(), w0 - 0.1 * loss / w0, rtol=0,
+                               atol=1e-14)

@@ -11,27 +11,15 @@ import torch
 from torch import Tensor
 
 
-class _ShakeScale(torch.autograd.Function):
-    """Autograd function: ``y = forward_scale * x``, ``dL/dx = backward_scale * dL/dy``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, forward_scale: Tensor, backward_scale: Tensor) -> Tensor:
-        ctx.save_for_backward(backward_scale)
-        return x * forward_scale
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None, None]:
-        (backward_scale,) = ctx.saved_tensors
-        return grad_output * backward_scale, None, None
-
-
 def shake_scale(x: Tensor, forward_scale: Tensor, backward_scale: Tensor) -> Tensor:
     """Return ``forward_scale * x`` whose gradient w.r.t. ``x`` uses ``backward_scale``.
 
-    The scales broadcast against ``x`` (typically shape ``(B, 1, 1, 1)``, one per sample)
+    y = b x + stop_gradient((f - b) x): the value is f x, the gradient b. Plain tensor
+    ops (no custom autograd.Function), so torch.func.vmap and torch.compile see through
+    it. The scales broadcast against ``x`` (typically ``(B, 1, 1, 1)``, one per sample)
     and receive no gradient.
     """
-    return _ShakeScale.apply(x, forward_scale, backward_scale)
+    return x * backward_scale + (x * (forward_scale - backward_scale)).detach()
 
 
 def per_sample_uniform(x: Tensor, low: float = 0.0, high: float = 1.0) -> Tensor:
