@@ -67,6 +67,12 @@ def median_times(steps: dict, args, device: torch.device) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in rounds.items()}
 
 
+def endless(loader):
+    """The loader's batches, epoch after epoch, forever."""
+    while True:
+        yield from loader
+
+
 def make_model(name: str, device: torch.device, channels_last: bool) -> nn.Module:
     torch.manual_seed(0)
     model = build_model(name, num_classes=10).to(device)
@@ -87,15 +93,10 @@ def ours(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor, o
         opt = torch.optim.SGD(model.parameters(), foreach=True, **kw)
     loader = DeviceLoader(x_all, y_all, args.batch, device, MEAN, STD, augment="basic")
     amp = torch.bfloat16 if cuda else None
-    batches = iter(())
+    batches = endless(loader)
 
     def step() -> None:
-        nonlocal batches
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
+        x, y = next(batches)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         sam_step(net, opt, F.cross_entropy, x, y, amp_dtype=amp)
@@ -182,15 +183,10 @@ def reference(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tens
         _PerSampleCIFAR(x_all, y_all), batch_size=args.batch, shuffle=True, drop_last=True,
         num_workers=args.workers, pin_memory=device.type == "cuda",
         persistent_workers=args.workers > 0)
-    batches = iter(())
+    batches = endless(loader)
 
     def step() -> None:
-        nonlocal batches
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            x, y = next(batches)
+        x, y = next(batches)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         F.cross_entropy(model(x), y).backward()
         opt.first_step()

@@ -16,6 +16,7 @@ evaluation scales the branch by its expectation, 1 - p_l.
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sam.models.common import he_init
 from sam.models.shake import per_sample_uniform, shake_scale
 
 
@@ -118,14 +119,7 @@ class PyramidNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.bn_final = nn.BatchNorm2d(in_planes)
         self.fc = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         o = self.blocks(self.bn1(self.conv1(x)))

@@ -9,6 +9,8 @@
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sam.models.common import he_init
+
 
 class BasicBlock(nn.Module):
     """Post-activation basic block: conv-BN-ReLU-conv-BN, add shortcut, ReLU.
@@ -70,7 +72,7 @@ class ResNet18(nn.Module):
                 in_planes = planes
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(512, num_classes)
-        _init_weights(self)
+        he_init(self, zero_linear_bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         o = F.relu(self.bn1(self.conv1(x)))
@@ -98,7 +100,7 @@ class CifarResNet(nn.Module):
                 in_planes = planes
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(64, num_classes)
-        _init_weights(self)
+        he_init(self, zero_linear_bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         o = F.relu(self.bn1(self.conv1(x)))
@@ -106,12 +108,3 @@ class CifarResNet(nn.Module):
         o = F.adaptive_avg_pool2d(o, 1).flatten(1)
         return self.fc(o)
 
-
-def _init_weights(model: nn.Module) -> None:
-    """He-normal convs, unit/zero BatchNorm; linear layers keep PyTorch's default."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)

@@ -8,6 +8,8 @@ parameters for 10 classes.
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sam.models.common import he_init
+
 
 class WideBasicBlock(nn.Module):
     """Pre-activation basic block; a 1x1 conv shortcut when the shape changes."""
@@ -57,7 +59,7 @@ class WideResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(in_planes)
         self.fc = nn.Linear(in_planes, num_classes)
-        _init_weights(self)
+        he_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         o = self.blocks(self.conv1(x))
@@ -65,14 +67,3 @@ class WideResNet(nn.Module):
         o = F.adaptive_avg_pool2d(o, 1).flatten(1)
         return self.fc(o)
 
-
-def _init_weights(model: nn.Module) -> None:
-    """He-normal convs, unit/zero BatchNorm, zero linear bias (as in the reference code)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
