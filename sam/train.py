@@ -357,18 +357,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     if note:
         log.warning(note)
     if state is not None:
-        if _comparable(state["config"]) != _comparable(config):
-            raise UserError(f"{run_dir} holds a run with a different config: use a new "
-                            "run directory (hydra.run.dir=...) or the original overrides")
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        distributed.restore_rng(state.get("rng_ranks"), device)
+        _refuse_other_config(state["config"], config, run_dir)
+        _restore(state, net, optimizer, scheduler, scaler, device)
         start_epoch = state["epoch"]
         results.update(history=state["history"], wall_time_s=state["wall_time_s"],
                        started_at=state["started_at"])
@@ -408,17 +398,9 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
             results["updated_at"] = _now()
             rng_ranks = distributed.rng_states(device)  # collective: before `if main`
             if main:
-                save_checkpoint(ckpt_path, {
-                    "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "epoch": epoch + 1, "config": config, "history": results["history"],
-                    "wall_time_s": results["wall_time_s"], "started_at": results["started_at"],
-                    "rng": {"cpu": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda"
-                            else None},
-                    "rng_ranks": rng_ranks,
-                })
+                save_checkpoint(ckpt_path, _checkpoint(net, optimizer, scheduler, scaler,
+                                                       epoch + 1, config, results, device,
+                                                       rng_ranks))
                 write_json(results_path, results)
         history = results["history"]
         results["final"] = {k: history[-1][k] for k in
@@ -457,10 +439,44 @@ def _previous_results(path: Path, config: dict) -> dict | None:
         previous = read_json(path)
     except ValueError:
         return None
-    if _comparable(previous.get("config", {})) != _comparable(config):
-        raise UserError(f"{path.parent} holds a run with a different config: use a new run "
-                        "directory (hydra.run.dir=...) or the original overrides")
+    _refuse_other_config(previous.get("config", {}), config, path.parent)
     return previous
+
+
+def _refuse_other_config(stored: dict, config: dict, run_dir: Path) -> None:
+    """UserError when a run directory holds a run of another config."""
+    if _comparable(stored) != _comparable(config):
+        raise UserError(f"{run_dir} holds a run with a different config: use a new run "
+                        "directory (hydra.run.dir=...) or the original overrides")
+
+
+def _checkpoint(net, optimizer, scheduler, scaler, epoch: int, config: dict, results: dict,
+                device: torch.device, rng_ranks: Any) -> dict:
+    """Everything a resumed run needs to continue exactly: weights, optimizer, schedule,
+    loss scale, RNG states, and the history so far."""
+    return {
+        "model": net.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch, "config": config, "history": results["history"],
+        "wall_time_s": results["wall_time_s"], "started_at": results["started_at"],
+        "rng": {"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+        "rng_ranks": rng_ranks,
+    }
+
+
+def _restore(state: dict, net, optimizer, scheduler, scaler, device: torch.device) -> None:
+    """Load a ``_checkpoint`` into the live objects and the RNGs."""
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["cpu"])
+    if device.type == "cuda" and state["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    distributed.restore_rng(state.get("rng_ranks"), device)
 
 
 def _progress_enabled(cfg: DictConfig, multirun: bool) -> bool:
