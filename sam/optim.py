@@ -469,9 +469,10 @@ def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype) -> tuple[Ten
     from torch.func import functional_call, grad, vmap
 
     k = x.shape[0] // m
-    xs, ys = x.reshape(k, m, *x.shape[1:]), y.reshape(k, m)
+    # contiguous (NCHW) layouts: vmap has no fast batching rule for some channels_last ops
+    xs, ys = x.contiguous().reshape(k, m, *x.shape[1:]), y.reshape(k, m)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params = {n: p.detach() for n, p in named}
+    params = {n: p.detach().contiguous() for n, p in named}
     tracked = {id(b) for bn in _batch_norms(model) if bn.track_running_stats
                for b in bn.buffers()}
     buffers = dict(model.named_buffers())
@@ -489,7 +490,7 @@ def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype) -> tuple[Ten
     clean = vmap(grad(shard_loss, has_aux=True), in_dims=(None, buffer_dims, 0, 0),
                  randomness="different")
     g, (losses, outs) = clean(params, shard_buffers, xs, ys)
-    perturbed = _shard_perturbed(optimizer, named, g, k)
+    perturbed = _shard_perturbed(optimizer, named, params, g, k)
     rng.replay()
     with frozen_bn_stats(model):
         descent = vmap(grad(shard_loss, has_aux=True), in_dims=(0, None, 0, 0),
@@ -507,30 +508,34 @@ def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype) -> tuple[Ten
     return losses.mean(), outs.reshape(-1, *outs.shape[2:])
 
 
-def _shard_perturbed(optimizer: SAM, named, grads: dict[str, Tensor], k: int) -> dict:
+def _shard_perturbed(optimizer: SAM, named, params: dict[str, Tensor],
+                     grads: dict[str, Tensor], k: int) -> dict:
     """w + eps_i for each shard i (leading axis k), with SAM.first_step's formulas and
-    the L2 norm taken per shard over all parameters."""
+    the L2 norm taken per shard over all parameters. ``named`` gives each parameter's
+    group, ``params`` its (contiguous) value."""
     group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    groups = {n: group_of[id(p)] for n, p in named}
     ascent, scales = {}, {}
-    sq = torch.zeros(k, device=named[0][1].device, dtype=named[0][1].dtype)
-    for n, p in named:
-        group = group_of[id(p)]
-        a = grads[n] + group["l2"] * p if group["l2"] else grads[n]
-        t = p.abs() + group["eta"] if group["adaptive"] else None
+    w0 = next(iter(params.values()))
+    sq = torch.zeros(k, device=w0.device, dtype=w0.dtype)
+    for n, w in params.items():
+        group = groups[n]
+        a = grads[n] + group["l2"] * w if group["l2"] else grads[n]
+        t = w.abs() + group["eta"] if group["adaptive"] else None
         ascent[n], scales[n] = a, t
         if group["p"] == 2:
             sq = sq + (a * t if t is not None else a).flatten(1).pow(2).sum(1)
     norm = sq.sqrt()
     out = {}
-    for n, p in named:
-        group, a, t = group_of[id(p)], ascent[n], scales[n]
+    for n, w in params.items():
+        group, a, t = groups[n], ascent[n], scales[n]
         if group["p"] == 2:
-            e = a * (group["rho"] / (norm + _GUARD)).view(k, *[1] * p.dim())
+            e = a * (group["rho"] / (norm + _GUARD)).view(k, *[1] * w.dim())
             e = e * (t * t) if t is not None else e
         else:
             e = group["rho"] * a.sign()
             e = e * t if t is not None else e
-        out[n] = p.detach() + e
+        out[n] = w + e
     return out
 
 

@@ -228,7 +228,7 @@ def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, dev
     wrong = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     check_every = 1 if device.type == "cpu" else max(1, cfg.nan_check_every)
-    channels_last = _channels_last(cfg, device)
+    channels_last = bool(cfg.channels_last)
     local_m, sync_ascent = distributed.local_m(cfg), cfg.get("ddp_sync_ascent", False)
     for step, (x, y) in enumerate(tqdm(loader, disable=not progress, leave=False, unit="batch")):
         if channels_last:
@@ -263,10 +263,6 @@ def evaluate(model: nn.Module, loader, amp_dtype, device: torch.device) -> tuple
         n += len(y)
     loss_sum, wrong, n = distributed.sum_across_ranks(loss_sum, wrong, n)  # under DDP
     return loss_sum.item() / n, 100.0 * wrong.item() / n
-
-
-def _channels_last(cfg: DictConfig, device: torch.device) -> bool:
-    return cfg.channels_last is True or (cfg.channels_last == "auto" and device.type == "cuda")
 
 
 def _comparable(config: dict) -> dict:
@@ -332,7 +328,7 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     data = build_data(cfg, device)
     data.train, data.eval = distributed.shard(data.train), distributed.shard(data.eval)
     net = instantiate(cfg.model).to(device)
-    if _channels_last(cfg, device):
+    if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = torch.compile(net) if cfg.compile else net
     train_model = distributed.wrap(model, device, cfg.get("sync_bn", False))  # DDP or model

@@ -84,7 +84,7 @@ def make_model(name: str, device: torch.device, channels_last: bool) -> nn.Modul
 def ours(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor, optim: str):
     """One step of our pipeline (loader + sam_step) with SGD or SAM."""
     cuda = device.type == "cuda"
-    model = make_model(args.model, device, channels_last=cuda)
+    model = make_model(args.model, device, channels_last=True)
     net = torch.compile(model) if args.compile else model
     kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     if optim == "sam":
@@ -97,8 +97,7 @@ def ours(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor, o
 
     def step() -> None:
         x, y = next(batches)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         sam_step(net, opt, F.cross_entropy, x, y, amp_dtype=amp)
 
     return step
@@ -107,12 +106,11 @@ def ours(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor, o
 def bare_fwdbwd(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor) -> float:
     """One bare forward+backward on a fixed, ready batch (same precision as ours)."""
     cuda = device.type == "cuda"
-    model = make_model(args.model, device, channels_last=cuda)
+    model = make_model(args.model, device, channels_last=True)
     net = torch.compile(model) if args.compile else model
     x = ((x_all[: args.batch].float() / 255 - torch.tensor(MEAN).view(3, 1, 1))
          / torch.tensor(STD).view(3, 1, 1)).to(device)
-    if cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     y = y_all[: args.batch].to(device)
 
     def step() -> None:

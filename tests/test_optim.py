@@ -406,3 +406,13 @@ def test_perturbed_pass_sees_the_clean_pass_dropout_mask(impl: str, m: int | Non
         "dropout must be active"
     torch.testing.assert_close(model[1].weight.detach(), w0 - 0.1 * loss / w0, rtol=0,
                                atol=1e-14)
+
+
+def test_vmap_shards_with_channels_last_model_match_loop() -> None:
+    a, (x, y) = bn_net(), image_batch(8)
+    b = copy.deepcopy(a).to(memory_format=torch.channels_last)
+    sam_step(a, make_sam(a), F.cross_entropy, x, y, m=2, shard_impl="loop")
+    xb = x.contiguous(memory_format=torch.channels_last)
+    sam_step(b, make_sam(b), F.cross_entropy, xb, y, m=2, shard_impl="vmap")
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-12)
