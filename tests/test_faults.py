@@ -76,6 +76,7 @@ def test_truncated_checkpoint_falls_back_to_previous(tmp_path):
     assert "unreadable" in note and "previous" in note
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_is_bit_identical(tmp_path):
     args = [*SMALL, "epochs=4"]
     reference = tmp_path / "reference"
@@ -225,6 +226,8 @@ def test_unwritable_output_directory(bad_files):
 
 def test_zz_tally():
     """Runs last in this file: the counts of the fault suite."""
+    if TALLY["bad inputs tried"] == 0:
+        pytest.skip("the tally needs the rest of tests/test_faults.py in the same session")
     print("\nfault suite: " + ", ".join(f"{k} = {v}" for k, v in TALLY.items()))
     assert TALLY["bad inputs tried"] >= 20 and TALLY["faults injected"] >= 3
     assert TALLY["results lost"] == 0
