@@ -327,6 +327,29 @@ def build_rows(complete: list[dict]) -> list[Row]:
     return rows
 
 
+def sgd_budget_lines(rows: list[Row]) -> list[str]:
+    """The paper reports, for SGD, the better of E and 2E epochs (section 3.1). For each
+    setting with SGD at both budgets: both means, the better one, and SAM(E) minus it."""
+    sgd_at = {row.group: row.sgd for row in rows if row.sgd is not None}
+    lines = []
+    for row in rows:
+        dataset, model, augment, epochs = row.group
+        longer = sgd_at.get((dataset, model, augment, 2 * epochs))
+        if row.sgd is None or longer is None:
+            continue
+        best = min(row.sgd.mean, longer.mean)
+        sam_minus = f"{row.sam.mean - best:+.2f}" if row.sam is not None else "-"
+        rho, m = ("-", "-") if row.setting is None else \
+            (str(row.setting[0]), _m_text(row.setting[1], row.batch_sizes))
+        lines.append([dataset, model, augment, epochs, format_cell(row.sgd),
+                      format_cell(longer), f"{best:.2f}", rho, m, sam_minus])
+    if not lines:
+        return []
+    header = ["dataset", "model", "augment", "epochs E", "SGD E", "SGD 2E", "best SGD",
+              "SAM rho", "SAM m", "SAM(E) - best SGD"]
+    return ["", "## SGD at twice the epochs", ""] + _md_table(header, lines)
+
+
 def _cells(complete: list[dict]) -> dict[tuple[Any, ...], list[dict]]:
     """Runs of each table cell: (group, optim, setting) -> runs."""
     cells: dict[tuple[Any, ...], list[dict]] = defaultdict(list)
@@ -459,6 +482,7 @@ def render_report(complete: list[dict], others: list[dict], dirs: Sequence[Path]
         "",
     ]
     lines += table_lines(rows) if rows else ["No complete runs."]
+    lines += sgd_budget_lines(rows)
     notes = warnings_for(complete)
     if notes:
         lines += ["", "## Warnings", ""] + [f"- {_md_escape(n)}" for n in notes]

@@ -253,3 +253,19 @@ def test_paper_table1_values() -> None:
     assert PAPER_TABLE1[("cifar10", "wrn28_10", "basic", 200)] == (3.5, 2.7)
     assert PAPER_TABLE1[("cifar100", "wrn28_10", "autoaugment", 200)] == (15.8, 13.6)
     assert len(PAPER_TABLE1) == 6
+
+
+def test_sgd_at_twice_the_epochs_is_compared(tmp_path: Path, capsys) -> None:
+    """Paper: SGD's better budget of E and 2E epochs; SAM(E) is compared with it."""
+    for seed, err in enumerate((3.4, 3.6)):
+        write_run(tmp_path, f"sgd200_{seed}", "sgd", seed, err)
+        write_run(tmp_path, f"sgd400_{seed}", "sgd", seed, err - 0.4, epochs=400)
+        write_run(tmp_path, f"sam200_{seed}", "sam", seed, err - 0.8, rho=0.05)
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    section = out.split("## SGD at twice the epochs")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| cifar10"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # SGD 200: mean 3.5; SGD 400: mean 3.1 (better); SAM 200: 2.7 -> 2.7 - 3.1 = -0.40
+    assert cells[3] == "200" and cells[6] == "3.10" and cells[-1] == "-0.40"
+    assert cells[4].startswith("3.50") and cells[5].startswith("3.10")
