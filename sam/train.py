@@ -348,6 +348,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     }
     if distributed.is_distributed():
         results["distributed"] = distributed.describe(cfg)
+        # per-rank ascent makes each rank a shard: the report must see that m
+        results["summary"]["m"] = results["distributed"]["effective_m"]
     start_epoch = 0
     state, note = load_checkpoint(ckpt_path)
     if note:

@@ -186,11 +186,13 @@ def test_torchrun_writes_one_result_equal_to_single_process_m(tmp_path):
     assert r["status"] == "complete" and r["error"] is None
     assert r["distributed"] == {"world_size": 2, "backend": "gloo", "per_rank_batch": 16,
                                 "sync_ascent": False, "sync_bn": False, "effective_m": 16}
+    assert r["summary"]["m"] == 16  # the report groups it with single-process m=16 runs
     single = subprocess.run([sys.executable, "-m", "sam.cli", *SMALL, "m=16",
                              "hydra.run.dir=single"], cwd=tmp_path, env=ENV, text=True,
                             capture_output=True, timeout=600)
     assert single.returncode == 0, single.stderr
     s = json.loads((tmp_path / "single" / "results.json").read_text())
+    assert s["summary"]["m"] == 16
     for key in ("train_loss", "train_error", "test_loss", "test_error"):
         assert r["final"][key] == pytest.approx(s["final"][key], rel=1e-4, abs=1e-4), key
 
