@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SHARED_DATA ?= ../shared/data
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test setup clean-venv
+.PHONY: demo test setup gpu-wheels
 
 setup: $(VENV)/.installed
 
@@ -25,3 +25,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(ARGS)
+
+# Pure-Python wheels the lent GPU machine lacks (it has torch, tensorboard, tqdm); carry
+# .whl with the run and start it with `bash scripts/gpu_check.sh`.
+gpu-wheels: setup
+	$(PY) -m pip wheel -q --no-deps -w .whl hydra-core==1.3.2 omegaconf==2.3.0 \
+		antlr4-python3-runtime==4.9.3

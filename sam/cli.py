@@ -24,7 +24,11 @@ from omegaconf.errors import OmegaConfBaseException
 from sam import distributed
 from sam.errors import UserError
 
-CONFIG_PATH = "pkg://sam.configs"
+# configs/ of a source checkout (also what an editable install sees); an installed
+# wheel carries the same files as the package sam.configs
+_SOURCE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_PATH = (str(_SOURCE_CONFIGS) if (_SOURCE_CONFIGS / "train.yaml").is_file()
+               and (_SOURCE_CONFIGS / "optim" / "sam.yaml").is_file() else "pkg://sam.configs")
 
 
 _failed_jobs: list[str] = []  # multirun jobs that ended with a one-line error

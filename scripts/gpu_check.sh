@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu_check.sh            # on a machine with a CUDA GPU
 # On this project's lent GPU machine (no hydra there), carry wheels built here with
-#   pip wheel --no-deps -w .whl hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
+# `make gpu-wheels` (hydra-core, omegaconf, antlr4 into .whl/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
