@@ -291,15 +291,16 @@ def _seed(*parts: int) -> int:
 # ---------------------------------------------------------------------------- loaders
 
 
-class _Finisher:
-    """uint8 batch on the device -> normalized float batch, plus Cutout when asked."""
+class Normalize:
+    """uint8 batch on the device -> (x / 255 - mean) / std as float, plus Cutout when
+    asked (the last step of every training and evaluation batch)."""
 
     def __init__(self, device: torch.device, mean: Stats, std: Stats, cutout: bool) -> None:
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.cutout = cutout
 
-    def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         x = x.float().sub_(self.mean).div_(self.std)
         return cutout(x, generator) if self.cutout else x
 
@@ -350,7 +351,7 @@ class DeviceLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.augment, self.seed = augment, seed
         self._len = _num_batches(len(self.x), batch_size, drop_last)
-        self._finish = _Finisher(self.device, mean, std, cutout=augment == "cutout")
+        self._finish = Normalize(self.device, mean, std, cutout=augment == "cutout")
         self.generator = torch.Generator(device=self.device)
         self.set_epoch(0)
 
@@ -457,7 +458,7 @@ class AutoAugmentLoader:
             persistent_workers=num_workers > 0,
         )
         self._non_blocking = on_cuda
-        self._finish = _Finisher(self.device, mean, std, cutout=True)
+        self._finish = Normalize(self.device, mean, std, cutout=True)
         self.generator = torch.Generator(device=self.device)
         self.set_epoch(0)
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from sam.data import Normalize
 from sam.errors import UserError
 from sam.sharpness import hessian_summary, hvp_fn, m_sharpness, num_params, slq_density
 
@@ -82,9 +83,7 @@ def fixed_subset(
     n = min(images, len(x_uint8))
     idx = torch.randperm(len(x_uint8), generator=torch.Generator().manual_seed(seed))[:n]
     x = x_uint8[idx].to(device)
-    mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1) * 255
-    std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1) * 255
-    return x.float().sub_(mean_t).div_(std_t), y[idx].to(device)
+    return Normalize(x.device, mean, std, cutout=False)(x), y[idx].to(device)
 
 
 @contextmanager
