@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sam import distributed
@@ -44,7 +44,8 @@ def _train(cfg: DictConfig) -> float | None:
     distributed.adopt_submitit_env()  # several SLURM tasks of one job -> DDP ranks
     try:
         results = run(cfg, hc.runtime.output_dir, overrides=overrides,
-                      choices=dict(hc.runtime.choices), multirun=multirun)
+                      choices=dict(hc.runtime.choices), multirun=multirun,
+                      invocation_files=_invocation_files(cfg, hc))
     except (UserError, Diverged) as err:
         if os.environ.get("SAM_FULL_ERROR") == "1":
             raise
@@ -58,6 +59,14 @@ def _train(cfg: DictConfig) -> float | None:
     finally:
         distributed.cleanup()
     return results["final"]["test_error"] if results.get("final") else None
+
+
+def _invocation_files(cfg: DictConfig, hc: Any) -> dict[str, Any]:
+    """The files Hydra keeps in ``<run dir>/.hydra/``; configs/train.yaml sets
+    ``hydra.output_subdir: null`` so that ``run`` writes them only once the run directory
+    is accepted (a refused invocation must not rewrite a finished run's record)."""
+    return {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hc}),
+            "overrides.yaml": hc.overrides.task}
 
 
 _FAILED_DIR = ".failed_jobs"  # in the sweep directory, while a sweep runs

@@ -11,6 +11,7 @@ Randomness is seeded from (seed, epoch) only, so a resumed run replays the same 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import pickle
 from collections.abc import Iterator
@@ -293,16 +294,32 @@ def _seed(*parts: int) -> int:
 
 class Normalize:
     """uint8 batch on the device -> (x / 255 - mean) / std as float, plus Cutout when
-    asked (the last step of every training and evaluation batch)."""
+    asked (the last step of every training and evaluation batch).
+
+    `part=(start, size)` says that `x` holds rows start .. start + len(x) - 1 of a batch
+    of `size`: Cutout is then drawn for the whole batch and its rows of `x` applied, so
+    the result is exactly those rows of the whole batch's result (used by a sharded
+    `AutoAugmentLoader`, which fetches only one rank's rows).
+    """
 
     def __init__(self, device: torch.device, mean: Stats, std: Stats, cutout: bool) -> None:
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
         self.cutout = cutout
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        part: tuple[int, int] | None = None,
+    ) -> Tensor:
         x = x.float().sub_(self.mean).div_(self.std)
-        return cutout(x, generator) if self.cutout else x
+        if not self.cutout:
+            return x
+        start, size = part or (0, len(x))
+        cy, cx = cutout_params(size, *x.shape[-2:], generator)
+        rows = slice(start, start + len(x))
+        return apply_cutout(x, cy[rows], cx[rows])
 
 
 def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
@@ -421,6 +438,43 @@ class _EpochSampler(torch.utils.data.Sampler):
         return zip(order.tolist(), seeds.tolist(), strict=True)
 
 
+def shard_rows(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows [lo, hi) of `tensor_split(world)[rank]` of n rows: the first n % world ranks
+    get n // world + 1 rows, the others n // world (possibly none)."""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + int(rank < extra)
+
+
+class _ShardBatchSampler(torch.utils.data.Sampler):
+    """One rank's rows of each batch of `BatchSampler(sampler, batch_size, drop_last)`.
+
+    Of a global batch of `size` (index, seed) pairs it yields rows `shard_rows(size, rank,
+    world)`, skipping empty ones, so the DataLoader fetches and augments only those
+    samples. The default rank 0 of world 1 yields the global batches themselves.
+    """
+
+    def __init__(self, sampler: _EpochSampler, batch_size: int, drop_last: bool) -> None:
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+        self.rank, self.world = 0, 1
+
+    def spans(self) -> list[tuple[int, int, int]]:
+        """(lo, hi, size) of every global batch of an epoch: this rank's rows [lo, hi)."""
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        sizes = [self.batch_size] * full + ([rest] if rest and not self.drop_last else [])
+        return [(*shard_rows(size, self.rank, self.world), size) for size in sizes]
+
+    def __len__(self) -> int:
+        return sum(hi > lo for lo, hi, _ in self.spans())
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        items = iter(self.sampler)
+        for lo, hi, size in self.spans():
+            batch = list(itertools.islice(items, size))
+            if hi > lo:
+                yield batch[lo:hi]
+
+
 class AutoAugmentLoader:
     """DeviceLoader's interface for AutoAugment, which must run per image on the CPU.
 
@@ -428,6 +482,10 @@ class AutoAugmentLoader:
     AutoAugment(CIFAR10 policy) per sample (uint8, in `num_workers` processes); each batch
     is then moved to `device`, normalized and given Cutout there, as in the SAM paper's
     AutoAugment runs (the official code combines AutoAugment with Cutout).
+
+    `set_shard(rank, world)` makes it fetch, augment and yield only one rank's rows of
+    every batch, bit for bit the `tensor_split(world)[rank]` slices of its batches
+    unsharded (`sam.distributed.ShardedLoader` calls it under DDP).
     """
 
     def __init__(
@@ -447,12 +505,11 @@ class AutoAugmentLoader:
         self.seed = seed
         self._len = _num_batches(len(x_uint8), batch_size, drop_last)
         self.sampler = _EpochSampler(len(x_uint8), shuffle, seed)
+        self.batches = _ShardBatchSampler(self.sampler, batch_size, drop_last)
         on_cuda = self.device.type == "cuda"
         self.loader = torch.utils.data.DataLoader(
             _AADataset(x_uint8.cpu(), y.cpu()),
-            batch_size=batch_size,
-            sampler=self.sampler,
-            drop_last=drop_last,
+            batch_sampler=self.batches,
             num_workers=num_workers,
             pin_memory=on_cuda,
             persistent_workers=num_workers > 0,
@@ -467,15 +524,30 @@ class AutoAugmentLoader:
         self.epoch = self.sampler.epoch = epoch
         self.generator.manual_seed(_seed(self.seed, epoch, 1))
 
+    def set_shard(self, rank: int, world: int) -> None:
+        """From the next pass on, yield only rows `shard_rows(len(batch), rank, world)` of
+        each global batch (skipping empty ones), fetching and augmenting only those.
+
+        Samples are seeded per (index, seed), and Cutout is drawn for the global batch
+        (`Normalize`'s `part`), so the rows equal those of the unsharded batches. Only
+        batches with fewer rows than `world` can be skipped (the short last batch, or all
+        of them when batch_size < world), so no batch is yielded after a skipped one and
+        none misses a Cutout draw. len() still counts the global batches.
+        """
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} out of range for world size {world}")
+        self.batches.rank, self.batches.world = rank, world
+
     def __len__(self) -> int:
         return self._len
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         self.set_epoch(self.epoch)
-        for x, y in self.loader:
+        parts = [(lo, size) for lo, hi, size in self.batches.spans() if hi > lo]
+        for part, (x, y) in zip(parts, self.loader, strict=True):
             x = x.to(self.device, non_blocking=self._non_blocking)
             y = y.to(self.device, non_blocking=self._non_blocking)
-            yield self._finish(x, self.generator), y
+            yield self._finish(x, self.generator, part), y
         self.epoch += 1
 
 

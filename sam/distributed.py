@@ -5,7 +5,8 @@ holds RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; ``init`` joins 
 (nccl on CUDA, each rank on cuda:LOCAL_RANK; gloo on CPU). Every rank holds the whole
 uint8 training set and draws the same seeded permutation; ``ShardedLoader`` hands it
 its contiguous slice of every global batch, so the global batch stays ``batch_size``
-and the data order is the one of a single-process run. Only rank 0 writes
+and the data order is the one of a single-process run (AutoAugment's CPU loader then
+fetches and augments only the rank's rows). Only rank 0 writes
 (``is_main``). Outside a launcher (WORLD_SIZE unset or 1) every helper is a no-op.
 
 SAM's gradient averaging under DDP lives in ``sam.optim.sam_step`` (it sees the
@@ -255,10 +256,17 @@ class ShardedLoader:
     are full and B % W == 0; an uneven last evaluation batch is split by
     ``tensor_split`` and an empty slice is skipped). Rank r's slice is then shard r of
     ``sam_step(..., m=B/W)`` in a single process on the same global batch.
+
+    A loader with ``set_shard(rank, world)`` (``AutoAugmentLoader``) is told to fetch and
+    augment only those rows and yields the same slices itself; any other loader yields
+    global batches that are sliced here.
     """
 
     def __init__(self, loader: Any, rank: int, world: int) -> None:
         self.loader, self.rank, self.world = loader, rank, world
+        self.loader_shards = hasattr(loader, "set_shard")
+        if self.loader_shards:
+            loader.set_shard(rank, world)
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -272,6 +280,9 @@ class ShardedLoader:
         return getattr(self.loader, name)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.loader_shards:
+            yield from self.loader
+            return
         for x, y in self.loader:
             xs, ys = x.tensor_split(self.world)[self.rank], y.tensor_split(self.world)[self.rank]
             if len(ys):

@@ -449,6 +449,7 @@ def _sam_shards_vmap_or_loop(model, optimizer, loss_fn, x, y, m, amp_dtype, scal
     if scaler is not None:
         raise ValueError("shard_impl='vmap' does not support a GradScaler; use 'loop'")
     net = model.module if isinstance(model, DistributedDataParallel) else model
+    net = getattr(net, "_orig_mod", net)  # torch.compile'd: vmap the eager module
     rng = _RngReplay(x.device)
     try:
         return _sam_shards_vmap(net, optimizer, loss_fn, x, y, m, amp_dtype)

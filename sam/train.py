@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -36,6 +37,7 @@ from sam.optim import sam_step
 from sam.results import (
     RESULTS_FILE,
     SCHEMA_VERSION,
+    atomic_write,
     load_checkpoint,
     read_json,
     save_checkpoint,
@@ -146,7 +148,8 @@ def resolve_device(name: str) -> torch.device:
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed torch (all devices); deterministic algorithms when asked."""
     torch.manual_seed(seed)
-    if deterministic:
+    if deterministic:  # cuBLAS is deterministic only with a fixed workspace (CUDA docs)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not deterministic
 
@@ -222,12 +225,17 @@ def amp_settings(cfg: DictConfig, device: torch.device):
 
 
 def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, device, progress):
-    """One epoch of sam_step; returns (mean loss, error %, images) read once at the end."""
+    """One epoch of sam_step; returns (mean loss, error %, images) read once at the end.
+
+    Raises Diverged(step) with the first step (from 1) whose loss was NaN/inf; the loss
+    is read back only every ``cfg.nan_check_every`` steps, so the loop stays free of
+    host-device synchronisation while the reported step is still exact."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     wrong = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.zeros((), device=device, dtype=torch.long)  # 0: no bad step yet
     seen = 0
-    check_every = 1 if device.type == "cpu" else max(1, cfg.nan_check_every)
+    check_every = max(1, cfg.nan_check_every)
     channels_last = bool(cfg.channels_last)
     local_m, sync_ascent = distributed.local_m(cfg), cfg.get("ddp_sync_ascent", False)
     for step, (x, y) in enumerate(tqdm(loader, disable=not progress, leave=False, unit="batch")):
@@ -240,11 +248,12 @@ def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, dev
         loss_sum += loss.float() * len(y)
         wrong += (out.argmax(1) != y).sum()
         seen += len(y)
-        if step % check_every == 0 and not distributed.all_finite(loss_sum):  # all ranks
-            raise Diverged(step + 1)
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step + 1, first_bad)
+        if (step + 1) % check_every == 0 and not distributed.all_finite(loss_sum):  # all ranks
+            raise Diverged(int(first_bad) or step + 1)  # 0: the bad loss was another rank's
     loss_sum, wrong, seen = distributed.sum_across_ranks(loss_sum, wrong, seen)  # under DDP
     if not torch.isfinite(loss_sum):
-        raise Diverged(len(loader))
+        raise Diverged(int(first_bad) or len(loader))
     return loss_sum.item() / seen, 100.0 * wrong.item() / seen, seen
 
 
@@ -309,8 +318,14 @@ def _flat_hparams(summary: dict) -> dict:
 
 
 def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None,
-        choices: dict[str, str] | None = None, multirun: bool = False) -> dict:
-    """Train one run into ``run_dir``; return its results dict (also in results.json)."""
+        choices: dict[str, str] | None = None, multirun: bool = False,
+        invocation_files: dict[str, Any] | None = None) -> dict:
+    """Train one run into ``run_dir``; return its results dict (also in results.json).
+
+    ``invocation_files`` (name -> config node, e.g. Hydra's config.yaml, hydra.yaml and
+    overrides.yaml) go to ``run_dir/.hydra/`` once the directory is accepted for this
+    config: see :func:`_write_invocation`.
+    """
     run_dir = Path(run_dir)
     validate(cfg)
     device = distributed.init(resolve_device(cfg.device))  # joins the ranks under torchrun
@@ -362,6 +377,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
                        started_at=state["started_at"])
         log.info("resuming %s from epoch %d", run_dir, start_epoch)
     progress = _progress_enabled(cfg, multirun) and main
+    if main and invocation_files:
+        _write_invocation(run_dir, invocation_files, fresh=state is None)
     distributed.barrier()  # every rank has read the run directory before rank 0 writes
     writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
               if main else _NoWriter())
@@ -380,7 +397,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_time = time.perf_counter() - t0
-            test_loss, test_error = evaluate(model, data.eval, amp_dtype, device)
+            # eager: a compiled model would recompile for eval mode and the last batch
+            test_loss, test_error = evaluate(net, data.eval, amp_dtype, device)
             epoch_time = time.perf_counter() - t0
             metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_error": train_error,
                        "test_loss": test_loss, "test_error": test_error,
@@ -439,6 +457,20 @@ def _previous_results(path: Path, config: dict) -> dict | None:
         return None
     _refuse_other_config(previous.get("config", {}), config, path.parent)
     return previous
+
+
+def _write_invocation(run_dir: Path, files: dict[str, Any], fresh: bool) -> None:
+    """Write each config node as YAML to ``run_dir/.hydra/<name>``: all of them when the
+    run starts fresh, only the missing ones when it resumes (they describe the invocation
+    that started it). Called after the directory's checks, so an invocation that is
+    refused (another config, a bad value, an already complete run) never rewrites them."""
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, node in files.items():
+        path = folder / name
+        if fresh or not path.exists():
+            text = OmegaConf.to_yaml(node)
+            atomic_write(path, lambda f, text=text: f.write(text))
 
 
 def _refuse_other_config(stored: dict, config: dict, run_dir: Path) -> None:

@@ -5,13 +5,16 @@ Measures, for one model and batch size:
   sam        our SAM step (same pipeline)
   fwdbwd     one bare forward+backward on a fixed batch (SAM's floor is two of them)
   reference  BASELINE ONLY: the usual PyTorch pipeline -- torchvision DataLoader with
-             per-sample PIL transforms, fp32, and the per-parameter SAM loop of the
-             popular davda54-style wrapper (kept here, not in the library)
-and prints a table plus JSON with SAM/SGD, SAM overhead outside forward/backward
-and ours/reference.
+             per-sample PIL transforms, fp32 (on CUDA with PyTorch's default TF32
+             convolutions), and the per-parameter SAM loop of the popular
+             davda54-style wrapper (kept here, not in the library)
+and prints a table plus JSON with SAM/SGD, SAM overhead outside forward/backward,
+ours/reference, and the CIFAR-10 epoch time each rate gives (50,000 training images;
+training steps only, no evaluation) with the projected hours for 200 epochs of SAM.
 
     python scripts/bench.py --model resnet20 --batch 128 --steps 20      # CPU
     python scripts/bench.py --model wrn28_10 --batch 256 --json out.json  # CUDA
+    python scripts/bench.py --summarize a.json b.json   # README rows from saved JSONs
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,14 +42,18 @@ from sam.data import DeviceLoader  # noqa: E402
 from sam.models import build_model  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+Step = Callable[[], None]  # one training step of a pipeline, timed by the caller
+CIFAR_TRAIN_IMAGES = 50_000  # one CIFAR-10 training epoch
+PAPER_EPOCHS = 200  # the SAM paper's WRN-28-10 schedule ("sam_200_epochs_h")
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def seconds_per_call(step, calls: int, device: torch.device) -> float:
+def seconds_per_call(step: Step, calls: int, device: torch.device) -> float:
     """Wall seconds per call of step(), synchronised at both ends."""
     sync(device)
     t0 = time.perf_counter()
@@ -55,7 +63,8 @@ def seconds_per_call(step, calls: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / calls
 
 
-def median_times(steps: dict, args, device: torch.device) -> dict[str, float]:
+def median_times(steps: dict[str, Step], args: argparse.Namespace,
+                 device: torch.device) -> dict[str, float]:
     """Warm each step up, then time them interleaved over rounds; median per step, so
     a slow spell of the machine hits all pipelines alike."""
     for step in steps.values():
@@ -67,13 +76,14 @@ def median_times(steps: dict, args, device: torch.device) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in rounds.items()}
 
 
-def endless(loader):
+def endless(loader: Iterable) -> Iterator:
     """The loader's batches, epoch after epoch, forever."""
     while True:
         yield from loader
 
 
 def make_model(name: str, device: torch.device, channels_last: bool) -> nn.Module:
+    """The model ``name`` (seed 0, 10 classes) on ``device`` in train mode."""
     torch.manual_seed(0)
     model = build_model(name, num_classes=10).to(device)
     if channels_last:
@@ -81,7 +91,8 @@ def make_model(name: str, device: torch.device, channels_last: bool) -> nn.Modul
     return model.train()
 
 
-def ours(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor, optim: str):
+def ours(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
+         y_all: torch.Tensor, optim: str) -> Step:
     """One step of our pipeline (loader + sam_step) with SGD or SAM."""
     cuda = device.type == "cuda"
     model = make_model(args.model, device, channels_last=True)
@@ -103,7 +114,8 @@ def ours(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor, o
     return step
 
 
-def bare_fwdbwd(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor) -> float:
+def bare_fwdbwd(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
+                y_all: torch.Tensor) -> Step:
     """One bare forward+backward on a fixed, ready batch (same precision as ours)."""
     cuda = device.type == "cuda"
     model = make_model(args.model, device, channels_last=True)
@@ -172,7 +184,8 @@ class _PerSampleCIFAR(torch.utils.data.Dataset):
         return self.transform(self.images[i]), self.labels[i]
 
 
-def reference(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tensor) -> float:
+def reference(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
+              y_all: torch.Tensor) -> Step:
     """One SAM step of the usual pipeline (fp32, DataLoader, per-parameter loop)."""
     model = make_model(args.model, device, channels_last=False)
     opt = _ReferenceSAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9,
@@ -195,7 +208,79 @@ def reference(args, device: torch.device, x_all: torch.Tensor, y_all: torch.Tens
 # ------------------------------------------------------------- end of BASELINE
 
 
-def main() -> None:
+def epoch_seconds(images_per_s: dict[str, float]) -> dict[str, float]:
+    """Seconds per CIFAR-10 training epoch (50,000 images) at each pipeline's rate."""
+    return {k: CIFAR_TRAIN_IMAGES / v for k, v in images_per_s.items()}
+
+
+def results(args: argparse.Namespace, name: str, t: dict[str, float]) -> dict:
+    """The JSON record of one benchmark from the median step times ``t``."""
+    images_per_s = {k: args.batch / v for k, v in t.items() if k != "fwdbwd"}
+    epoch_s = epoch_seconds(images_per_s)
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": name,
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "model": args.model, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
+        "compile": args.compile,
+        "step_s": t,
+        "images_per_s": images_per_s,
+        "sam_over_sgd": t["sam"] / t["sgd"],
+        "sam_outside_fwdbwd": (t["sam"] - 2 * t["fwdbwd"]) / t["sam"],
+        "reference_over_ours_sam": t["reference"] / t["sam"] if "reference" in t else None,
+        "epoch_s": epoch_s,
+        "sam_200_epochs_h": PAPER_EPOCHS * epoch_s["sam"] / 3600,
+    }
+
+
+def print_table(args: argparse.Namespace, out: dict) -> None:
+    """The human-readable table of ``results``."""
+    t, epoch_s = out["step_s"], out["epoch_s"]
+    print(f"{out['device']}  torch {torch.__version__}  model {args.model}  batch {args.batch}"
+          f"{'  compiled' if args.compile else ''}")
+    print(f"{'pipeline':<12}{'step ms':>10}{'images/s':>12}{'epoch s':>10}"
+          f"   (median of {args.rounds} rounds; epoch = {CIFAR_TRAIN_IMAGES} images)")
+    for k, v in t.items():
+        epoch = f"{epoch_s[k]:>10.1f}" if k in epoch_s else f"{'-':>10}"
+        print(f"{k:<12}{1000 * v:>10.1f}{args.batch / v:>12.0f}{epoch}")
+    print(f"SAM/SGD step time          {out['sam_over_sgd']:.3f}  (floor 2.0)")
+    print(f"SAM time outside 2x fwd/bwd {100 * out['sam_outside_fwdbwd']:.1f}%")
+    if out["reference_over_ours_sam"] is not None:
+        print(f"reference/ours (SAM step)  {out['reference_over_ours_sam']:.2f}x")
+    print(f"SAM, {PAPER_EPOCHS} epochs (projected)  "
+          f"{out['sam_200_epochs_h']:.2f} h  (training steps only)")
+
+
+def summary_row(out: dict) -> str:
+    """One README table row (markdown) of a saved benchmark JSON; the epoch time is
+    derived from images/s, so JSONs written before it was recorded work too."""
+    ips = out["images_per_s"]
+    epoch = epoch_seconds(ips)["sam"]
+    ref = out.get("reference_over_ours_sam")
+    cells = [out["date"][:10], out["device"], f"{out['model']}, {out['batch']}",
+             "yes" if out.get("compile") else "no", f"{ips['sam']:.0f}", f"{epoch:.1f} s",
+             f"{PAPER_EPOCHS * epoch / 3600:.2f} h", f"{out['sam_over_sgd']:.3f}",
+             f"{ref:.2f}x" if ref else "-"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def summarize(paths: list[Path]) -> str:
+    """A markdown table of the bench.py JSONs among ``paths`` (others are skipped)."""
+    header = ["date", "device", "model, batch", "compile", "ours SAM img/s",
+              "epoch (SAM)", f"{PAPER_EPOCHS} epochs", "SAM/SGD step", "ours vs reference"]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for path in paths:
+        try:
+            out = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            print(f"skipping {path}: {err}", file=sys.stderr)
+            continue
+        if isinstance(out, dict) and "step_s" in out and "images_per_s" in out:
+            rows.append(summary_row(out))
+    return "\n".join(rows)
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch", type=int, default=128)
@@ -208,7 +293,17 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON here")
-    args = p.parse_args()
+    p.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
+                   help="only print a markdown table of these saved JSONs")
+    return p.parse_args()
+
+
+def main() -> None:
+    """Run the benchmark (or --summarize saved ones) and print/write the results."""
+    args = parse_args()
+    if args.summarize:
+        print(summarize(args.summarize))
+        return
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -225,25 +320,8 @@ def main() -> None:
     t = median_times(steps, args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-    out = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": name,
-        "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "model": args.model, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
-        "compile": args.compile,
-        "step_s": t,
-        "images_per_s": {k: args.batch / v for k, v in t.items() if k != "fwdbwd"},
-        "sam_over_sgd": t["sam"] / t["sgd"],
-        "sam_outside_fwdbwd": (t["sam"] - 2 * t["fwdbwd"]) / t["sam"],
-        "reference_over_ours_sam": t["reference"] / t["sam"] if "reference" in t else None,
-    }
-    print(f"{name}  torch {torch.__version__}  model {args.model}  batch {args.batch}")
-    print(f"{'pipeline':<12}{'step ms':>10}{'images/s':>12}   (median of {args.rounds} rounds)")
-    for k, v in t.items():
-        print(f"{k:<12}{1000 * v:>10.1f}{args.batch / v:>12.0f}")
-    print(f"SAM/SGD step time          {out['sam_over_sgd']:.3f}  (floor 2.0)")
-    print(f"SAM time outside 2x fwd/bwd {100 * out['sam_outside_fwdbwd']:.1f}%")
-    if out["reference_over_ours_sam"] is not None:
-        print(f"reference/ours (SAM step)  {out['reference_over_ours_sam']:.2f}x")
+    out = results(args, name, t)
+    print_table(args, out)
     print(json.dumps(out))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,7 @@ def main() -> None:
            "batch": args.batch, "rows": rows}
     print(json.dumps(out))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 
 

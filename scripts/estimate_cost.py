@@ -25,6 +25,7 @@ TRAIN_IMAGES = 50_000
 # recipe -> (model, epochs, runs per optimizer, extra SGD runs at 2x epochs)
 RECIPES = {
     "table1_wrn28_10": ("wrn28_10", 200, 30, 30),
+    "table1_wrn28_10_1800": ("wrn28_10", 1800, 30, 30),
     "table1_shakeshake": ("shakeshake26_2x96d", 1800, 30, 30),
     "table1_pyramidnet": ("pyramidnet272", 1800, 30, 30),
     "table1_pyramidnet_shakedrop": ("pyramidnet272_shakedrop", 1800, 30, 30),

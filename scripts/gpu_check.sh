@@ -1,38 +1,135 @@
 #!/usr/bin/env bash
-# All GPU checks in one go (about 5-8 minutes on an H100): the CUDA-marked tests, then
-# scripts/bench.py for WRN-16-8 and WRN-28-10 at batch 256 (ours vs the usual pipeline).
-# Writes benchmarks/gpu_<date>_<card>.txt and .json files (also into $OUT when set).
+# All GPU checks in one go: scripts/bench.py for WRN-28-10 (ours vs the usual pipeline,
+# then ours under torch.compile, to decide whether compile should be the CUDA default),
+# the CUDA-marked tests, bench.py for WRN-16-8, and the m-sharpness cost vs m. Writes
+# benchmarks/gpu_<date>_<card>.txt (the log, ending with a README-ready table) and
+# benchmarks/bench_<date>_<card>_<step>.json; with $OUT set, each file also lands there
+# as soon as it is written (the log live), 5 files in all. A failing or timed-out step
+# does not stop the later ones; the exit status is 0 only if every step passed.
 #
-#   bash scripts/gpu_check.sh            # on a machine with a CUDA GPU
+#   bash scripts/gpu_check.sh             # on a machine with a CUDA GPU
+#   bash scripts/gpu_check.sh --dry-run   # (or GPU_CHECK_DRY=1) the same steps on CPU with
+#                                         # tiny sizes into a temporary folder, no compile
 # On this project's lent GPU machine (no hydra there), carry wheels built here with
-# `make gpu-wheels` (hydra-core, omegaconf, antlr4 into .whl/).
+# `make gpu-wheels` (hydra-core, omegaconf, antlr4 into .whl/); they are installed into a
+# temporary folder that is removed at exit.
+#
+# Time budget: every step runs under `timeout -k 2 LIMIT`, so the worst case is the sum
+# of the limits plus 2 s each: 10 nvidia-smi + 20 wheels + 20 preflight + 75 wrn28_10 +
+# 165 wrn28_10 compiled (mostly compilation: two forward/backward graphs, as SAM's
+# perturbed pass freezes the BatchNorm statistics) + 90 CUDA tests + 45 wrn16_8 +
+# 45 m-sharpness + 15 summary = 485 s, + 9 x 2 s = 503 s (8.4 minutes). Estimated normal
+# run on an H100: 3-5 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -c 'A-Za-z0-9\n' '_')
+DRY=${GPU_CHECK_DRY:-0}
+[ "${1:-}" = "--dry-run" ] && DRY=1
+GRACE=2  # seconds between a step's SIGTERM and its SIGKILL
+
+site=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_site.XXXXXX") || exit 1
+trap 'rm -rf "$site"' EXIT
+smi=$(timeout -k "$GRACE" 10 nvidia-smi --query-gpu=name,driver_version,memory.total \
+    --format=csv,noheader 2>/dev/null)
+card=$(printf '%s\n' "$smi" | head -n 1 | cut -d, -f1 | tr -c 'A-Za-z0-9\n' '_')
 stamp="$(date -u +%Y-%m-%d)_${card:-nogpu}"
-dest=benchmarks
-mkdir -p "$dest"
+if [ "$DRY" = 1 ]; then
+    stamp+="_dryrun"
+    dest=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_dry.XXXXXX") || exit 1
+    # tiny sizes on CPU: the plumbing, not the numbers (the steps keep their names)
+    BENCH=(--batch 16 --steps 1 --warmup 1 --rounds 1 --workers 0 --device cpu)
+    BIG=resnet20 MID=resnet20 COMPILE=()
+    MSHARP=(--model resnet20 --batch 8 --m 2,8 --steps 1 --rounds 1 --device cpu)
+else
+    dest=benchmarks
+    # 12,800 images = 50 batches: the reference DataLoader never starts a new epoch
+    # inside the timed steps
+    BENCH=(--batch 256 --steps 10 --warmup 5 --rounds 3 --images 12800 --device cuda)
+    BIG=wrn28_10 MID=wrn16_8 COMPILE=(--compile)
+    MSHARP=(--model resnet20 --batch 256 --m 1,4,16,64,256 --steps 2 --rounds 3 --device cuda)
+fi
+mkdir -p "$dest" || exit 1
+[ -n "${OUT:-}" ] && { mkdir -p "$OUT" || exit 1; }
 log="$dest/gpu_${stamp}.txt"
-{
-    echo "# gpu_check $(date -u +%FT%TZ)  commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-    $PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda)"
-    echo "## CUDA tests"
-    timeout 240 $PY -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider
-    for model in wrn16_8 wrn28_10; do
-        echo "## bench $model batch 256"
-        timeout 150 $PY scripts/bench.py --model "$model" --batch 256 --steps 10 --warmup 5 \
-            --json "$dest/bench_${stamp}_${model}.json"
-    done
-    echo "## m-sharpness cost vs m (loop vs vmap), resnet20 batch 256"
-    timeout 90 $PY scripts/bench_msharpness.py --model resnet20 --batch 256 --m 1,4,16,64,256 \
-        --steps 3 --rounds 3 --json "$dest/bench_${stamp}_msharpness.json"
-} 2>&1 | tee "$log"
-if [ -n "${OUT:-}" ]; then cp "$dest"/*"${stamp}"* "$OUT"/ 2>/dev/null; fi
+failures=0
+outcomes=()
+
+step() {  # step NAME LIMIT CMD...: run CMD under a time limit and record how it ended
+    local name=$1 limit=$2 rc=0 t0=$SECONDS outcome=ok
+    shift 2
+    echo "## $name  (limit ${limit}s)"
+    timeout -k "$GRACE" "$limit" "$@" || rc=$?
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        outcome="TIMED OUT (${limit}s)"
+    elif [ "$rc" -ne 0 ]; then
+        outcome="FAILED (exit $rc)"
+    fi
+    [ "$rc" -eq 0 ] || failures=$((failures + 1))
+    outcomes+=("$(printf '%-24s %-22s %4ss' "$name" "$outcome" $((SECONDS - t0)))")
+    return "$rc"
+}
+
+publish() {  # publish FILE: copy a result into $OUT (when set) right away
+    if [ -n "${OUT:-}" ] && [ -f "$1" ]; then cp "$1" "$OUT"/; fi
+}
+
+bench() {  # bench NAME LIMIT ARGS...: scripts/bench.py into bench_<stamp>_<NAME>.json
+    local name=$1 limit=$2 json="$dest/bench_${stamp}_$1.json"
+    shift 2
+    rm -f "$json"  # never publish a stale result of an earlier run
+    step "bench $name" "$limit" "$PY" scripts/bench.py "$@" --json "$json"
+    publish "$json"
+}
+
+install_wheels() {  # pure-Python wheels into $site: pip, or plain unzipping without pip
+    if ! ls .whl/*.whl >/dev/null 2>&1; then
+        echo "## wheels: none in .whl/ (hydra and omegaconf must be installed already)"
+        return 0
+    fi
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    step wheels 20 bash -c '"$1" -m pip install -q --no-index --no-deps --no-compile \
+        --no-cache-dir --upgrade --target "$2" "${@:3}" || {
+        echo "pip failed: unpacking the wheels instead"
+        for w in "${@:3}"; do "$1" -m zipfile -e "$w" "$2" || exit 1; done; }
+        echo "installed into $2:" "${@:3}"' _ "$PY" "$site" .whl/*.whl
+}
+
+checks() {  # every step, in order of importance for the speed goals (issue 6)
+    echo "# gpu_check $(date -u +%FT%TZ)  commit $(git rev-parse --short HEAD 2>/dev/null \
+        || echo '?')$([ "$DRY" = 1 ] && echo "  DRY RUN (CPU, tiny sizes) into $dest")"
+    install_wheels
+    export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+    echo "## nvidia-smi: name, driver, memory"
+    echo "${smi:-(no answer)}"
+    # shellcheck disable=SC2016
+    step preflight 20 "$PY" -c 'import sys, platform, torch, torchvision
+print("python", platform.python_version(), "torch", torch.__version__, "torchvision",
+      torchvision.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if sys.argv[1] != "1":
+    assert torch.cuda.is_available(), "CUDA is not available: the GPU steps will fail"
+    print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())' "$DRY"
+    bench wrn28_10 75 --model "$BIG" "${BENCH[@]}"
+    [ "$DRY" = 1 ] && echo "(dry run: the compiled step runs without --compile)"
+    bench wrn28_10_compile 165 --model "$BIG" "${BENCH[@]}" ${COMPILE[@]+"${COMPILE[@]}"} \
+        --no-reference
+    # -v names each test as it starts: a hang shows which one
+    step "CUDA tests" 90 "$PY" -m pytest -v -m cuda tests/test_cuda.py -p no:cacheprovider
+    bench wrn16_8 45 --model "$MID" "${BENCH[@]}"
+    local ms="$dest/bench_${stamp}_msharpness.json"
+    rm -f "$ms"
+    step "m-sharpness" 45 "$PY" scripts/bench_msharpness.py "${MSHARP[@]}" --json "$ms"
+    publish "$ms"
+    local made=("$dest"/bench_"${stamp}"_*.json)
+    if [ -e "${made[0]}" ]; then
+        step summary 15 "$PY" scripts/bench.py --summarize "${made[@]}"
+    fi
+    echo "## outcome"
+    printf '%s\n' "${outcomes[@]}"
+    echo "$failures step(s) failed"
+    [ "$failures" -eq 0 ]
+}
+
+checks 2>&1 | tee "$log" ${OUT:+"$OUT/${log##*/}"}
+status=${PIPESTATUS[0]}
+[ "$DRY" = 1 ] && echo "dry run results in $dest"
+exit "$status"

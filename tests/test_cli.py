@@ -43,6 +43,10 @@ def test_run_writes_results_tensorboard_checkpoint_then_is_complete(tmp_path):
     assert r["summary"]["model"] == "resnet20" and r["summary"]["dataset"] == "synthetic"
     assert r["config"]["optim"]["rho"] == 0.05 and r["images_per_sec"] > 0
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    hydra_dir = run_dir / ".hydra"  # Hydra's record, written by run() after its checks
+    assert "epochs=2" in (hydra_dir / "overrides.yaml").read_text()
+    assert "epochs: 2" in (hydra_dir / "config.yaml").read_text()
+    assert f"dir: {run_dir}" in (hydra_dir / "hydra.yaml").read_text()
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     assert state["epoch"] == 2 and "optimizer" in state and "scheduler" in state
     before = (run_dir / "results.json").read_bytes()

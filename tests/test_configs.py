@@ -115,6 +115,8 @@ def test_every_swept_value_composes_and_validates(name):
 @pytest.mark.parametrize("name, dataset, lr, lam, rho", [
     ("table1_wrn28_10", "cifar10", 0.1, 5e-4, 0.05),
     ("table1_wrn28_10", "cifar100", 0.1, 5e-4, 0.1),
+    ("table1_wrn28_10_1800", "cifar10", 0.05, 1e-3, 0.05),
+    ("table1_wrn28_10_1800", "cifar100", 0.05, 1e-3, 0.1),
     ("table1_shakeshake", "cifar10", 0.02, 1e-3, 0.02),
     ("table1_shakeshake", "cifar100", 0.02, 1e-3, 0.05),
     ("table1_pyramidnet", "cifar10", 0.05, 5e-4, 0.05),

@@ -24,6 +24,7 @@ from sam.data import (
     make_loader,
     make_synthetic,
     random_crop_flip,
+    shard_rows,
 )
 from sam.errors import UserError
 
@@ -284,6 +285,24 @@ def test_autoaugment_loader():
     again.set_epoch(2)
     for (xa, ya), (xb, yb) in zip(batches, again, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_shard_rows_are_tensor_splits():
+    for n in range(9):
+        for world in range(1, 5):
+            parts = torch.arange(n).tensor_split(world)
+            for rank in range(world):
+                lo, hi = shard_rows(n, rank, world)
+                assert torch.equal(torch.arange(lo, hi), parts[rank]), (n, rank, world)
+
+
+def test_autoaugment_set_shard_checks_the_rank():
+    loader = make_loader(_images(8), torch.arange(8), batch_size=4, device="cpu",
+                         mean=(0.5,) * 3, std=(0.25,) * 3, augment="autoaugment",
+                         shuffle=True, drop_last=True, seed=0)
+    assert isinstance(loader, AutoAugmentLoader)
+    with pytest.raises(ValueError, match="rank 2 out of range"):
+        loader.set_shard(2, 2)
 
 
 # -------------------------------------------------------------------------- real data

@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sam import SAM, distributed, sam_step
+from sam.data import AutoAugmentLoader, DeviceLoader, _AADataset, make_loader
 from sam.errors import UserError
 
 WORLD, BATCH, STEPS = 2, 8, 2
@@ -161,6 +162,76 @@ def test_multi_process_config_errors(monkeypatch, overrides, words):
         distributed.check_config(OmegaConf.merge(cfg, dict(batch_size=32, sync_bn=False),
                                                  dict(m=None, ddp_sync_ascent=False), fine),
                                  torch.device("cpu"))
+
+
+def _aa_loader(drop_last: bool) -> AutoAugmentLoader:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (20, 3, 32, 32), generator=g, dtype=torch.uint8)
+    loader = make_loader(x, torch.arange(20), batch_size=6, device="cpu", mean=(0.5,) * 3,
+                         std=(0.25,) * 3, augment="autoaugment", shuffle=True,
+                         drop_last=drop_last, seed=1)
+    assert isinstance(loader, AutoAugmentLoader)
+    return loader
+
+
+def _slices(batches: list, rank: int, world: int) -> list:
+    """Rank ``rank``'s ``tensor_split`` rows of each batch, empty ones left out."""
+    cut = [(x.tensor_split(world)[rank], y.tensor_split(world)[rank]) for x, y in batches]
+    return [(x, y) for x, y in cut if len(y)]
+
+
+def _assert_same(got: list, want: list) -> None:
+    assert len(got) == len(want)
+    for (xg, yg), (xw, yw) in zip(got, want, strict=True):
+        assert torch.equal(xg, xw) and torch.equal(yg, yw)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_sharded_autoaugment_loader_fetches_only_its_rows(monkeypatch, world, drop_last):
+    """Each rank's AutoAugment batches (Cutout included) are bit for bit the tensor_split
+    slices of the unsharded loader's, over 2 epochs, and its DataLoader fetches and
+    augments only those rows. 20 images in batches of 6: without drop_last the last
+    batch has 2 rows, so with 3 ranks rank 2 gets none of it."""
+    fetched: list[int] = []  # sample indices (= labels) passed to __getitem__
+    getitem = _AADataset.__getitem__
+
+    def counting(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        fetched.append(item[0])
+        return getitem(self, item)
+
+    monkeypatch.setattr(_AADataset, "__getitem__", counting)
+    full = _aa_loader(drop_last)
+    full.set_epoch(3)
+    epochs = [list(full), list(full)]  # epochs 3 and 4 (a pass advances the epoch)
+    assert len(fetched) == 2 * (18 if drop_last else 20)  # each sample once an epoch
+    for rank in range(world):
+        fetched.clear()
+        sharded = distributed.ShardedLoader(_aa_loader(drop_last), rank, world)
+        assert len(sharded) == len(full)
+        sharded.set_epoch(3)
+        got = [list(sharded), list(sharded)]
+        assert sharded.epoch == 5
+        for got_epoch, full_epoch in zip(got, epochs, strict=True):
+            _assert_same(got_epoch, _slices(full_epoch, rank, world))
+        assert fetched == [i for epoch in got for _, y in epoch for i in y.tolist()]
+
+
+def test_sharded_device_loader_is_sliced_unchanged():
+    """Loaders without set_shard (the device loaders, evaluation included) are sliced by
+    ShardedLoader: an uneven last batch of 2 over 3 ranks leaves rank 2 without it."""
+    x = torch.randint(0, 256, (10, 3, 32, 32), generator=torch.Generator().manual_seed(0),
+                      dtype=torch.uint8)
+
+    def loader() -> DeviceLoader:
+        return DeviceLoader(x, torch.arange(10), 4, "cpu", (0.5,) * 3, (0.25,) * 3,
+                            augment="cutout", drop_last=False, seed=2)
+
+    full = list(loader())
+    for rank in range(3):
+        sharded = distributed.ShardedLoader(loader(), rank, 3)
+        assert not sharded.loader_shards and len(sharded) == 3
+        _assert_same(list(sharded), _slices(full, rank, 3))
 
 
 def sam_train_torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:

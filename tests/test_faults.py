@@ -36,8 +36,9 @@ def sam_train(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def digest(run_dir: Path) -> dict[str, str]:
-    """Hashes of everything a run keeps: results, checkpoints, TensorBoard events."""
-    files = [run_dir / "results.json", *sorted((run_dir / "checkpoints").glob("*.pt"))]
+    """Hashes of everything a run keeps: results, checkpoints, its .hydra/ record."""
+    files = [run_dir / "results.json", *sorted((run_dir / "checkpoints").glob("*.pt")),
+             *sorted((run_dir / ".hydra").glob("*.yaml"))]
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.exists()}
 
 
@@ -128,6 +129,29 @@ def test_diverging_run_records_where_and_keeps_last_good_checkpoint(tmp_path):
     assert r["diverged_at"]["step"] >= 1 and r["final"] is None
     assert not (diverging / "checkpoints" / "last.pt").exists(), "no NaN weights are saved"
     assert digest(run_dir)["last.pt"] == good
+
+
+@pytest.mark.parametrize("check_every", [1, 4, 50])
+def test_divergence_step_is_exact_whatever_the_check_interval(check_every):
+    """A NaN pixel in batch 6 of 10 makes step 6 the first NaN loss: Diverged says step 6
+    however rarely the loss is read back (a later read must not blur where it happened)."""
+    from omegaconf import OmegaConf
+
+    from sam.optim import SAM
+    from sam.train import Diverged, train_epoch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(10)]
+    batches[5][0][0, 0, 0, 0] = float("nan")
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    cfg = OmegaConf.create({"nan_check_every": check_every, "channels_last": False, "m": None,
+                            "m_impl": "auto", "ddp_sync_ascent": False})
+    with pytest.raises(Diverged) as err:
+        train_epoch(model, opt, sched, batches, cfg, None, None, torch.device("cpu"), False)
+    assert err.value.step == 6
+    TALLY["faults injected"] += 1
 
 
 def test_diverged_job_in_a_multirun_does_not_stop_the_others(tmp_path):

@@ -416,3 +416,38 @@ def test_vmap_shards_with_channels_last_model_match_loop() -> None:
     sam_step(b, make_sam(b), F.cross_entropy, xb, y, m=2, shard_impl="vmap")
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=0, atol=1e-12)
+
+
+def test_compiled_model_takes_the_same_sam_step() -> None:
+    """compile=true (torch.compile, inductor; on CPU here) keeps SAM's semantics: the step
+    of a compiled BN net matches the float64 hand reference, its BN statistics come from the
+    clean pass only, and both passes of a compiled dropout net draw the same mask (the
+    one-weight check: with rho = 0 SGD must land on w - lr L / w)."""
+    model, (x, y) = bn_net(), image_batch()
+    reference = copy.deepcopy(model)
+    w0 = params_of(model)
+    g = grad_at(copy.deepcopy(model), w0, x, y)
+    eps = {k: RHO * g[k] / global_norm(g) for k in g}
+    expected = nesterov_first_step(w0, grad_at(copy.deepcopy(model),
+                                               {k: w0[k] + eps[k] for k in w0}, x, y))
+    reference(x)  # one clean forward: the BN statistics SAM must end with
+    sam_step(torch.compile(model), make_sam(model), F.cross_entropy, x, y)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-10)
+    torch.testing.assert_close(model[1].running_mean, reference[1].running_mean, rtol=0,
+                               atol=1e-14)
+    # m-sharpness batched with vmap runs the compiled model's eager module: same as the loop
+    a, b = bn_net(), bn_net()
+    sam_step(a, make_sam(a), F.cross_entropy, x, y, m=2, shard_impl="loop")
+    sam_step(torch.compile(b), make_sam(b), F.cross_entropy, x, y, m=2, shard_impl="vmap")
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-12)
+
+    torch.manual_seed(0)
+    drop = nn.Sequential(nn.Dropout(0.5), nn.Linear(1, 1, bias=False)).double()
+    x1 = torch.rand(8, 1, dtype=torch.float64) + 1.0
+    w = drop[1].weight.detach().clone()
+    opt = SAM(drop.parameters(), torch.optim.SGD, rho=0.0, lr=0.1)
+    loss = sam_step(torch.compile(drop), opt, lambda out, _: out.mean(), x1, torch.zeros(8))
+    assert abs(loss.item() - (w * x1.mean()).item()) > 1e-3, "dropout must be active"
+    torch.testing.assert_close(drop[1].weight.detach(), w - 0.1 * loss / w, rtol=0, atol=1e-14)

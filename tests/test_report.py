@@ -12,6 +12,7 @@ from scipy import stats
 
 from sam.report import (
     PAPER_TABLE1,
+    PAPER_TABLE1_CELLS,
     collect,
     main,
     t_interval,
@@ -22,6 +23,7 @@ from sam.results import write_json
 T_975_2 = 4.302652729749464  # t_{0.975, 2}, from tables
 SETTING = {"dataset": "cifar10", "model": "wrn28_10", "augment": "basic", "epochs": 200}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_run(
@@ -145,9 +147,9 @@ def test_report_table_csv_and_other_runs(sweep: Path, tmp_path: Path, capsys) ->
         "0.05",
         "B=128",
         f"3.50 ± {half:.2f} (n=3)",
-        "3.5",
+        "3.5 ± 0.1",
         f"2.70 ± {half:.2f} (n=3)",
-        "2.7",
+        "2.7 ± 0.1",
         "-0.80",
     ]
     assert f"{half:.2f}" == "0.25"
@@ -230,9 +232,9 @@ def test_mixed_settings_and_repeated_seeds_are_warned(tmp_path: Path, capsys) ->
         "0.05",
         "B=128",
         f"3.10 ± {half:.2f} (n=2)",
-        "3.5",
+        "3.5 ± 0.1",
         f"2.60 ± {half:.2f} (n=2)",
-        "2.7",
+        "2.7 ± 0.1",
         "-0.50",
     ]
 
@@ -250,9 +252,20 @@ def test_missing_or_empty_directories(tmp_path: Path, capsys) -> None:
 
 
 def test_paper_table1_values() -> None:
+    """Spot checks against the paper's Table 1 (SGD, SAM), one per row and corner."""
     assert PAPER_TABLE1[("cifar10", "wrn28_10", "basic", 200)] == (3.5, 2.7)
     assert PAPER_TABLE1[("cifar100", "wrn28_10", "autoaugment", 200)] == (15.8, 13.6)
-    assert len(PAPER_TABLE1) == 6
+    assert PAPER_TABLE1[("cifar100", "wrn28_10", "cutout", 1800)] == (17.4, 14.0)
+    assert PAPER_TABLE1[("cifar10", "shakeshake26_2x96d", "autoaugment", 1800)] == (1.9, 1.6)
+    assert PAPER_TABLE1[("cifar100", "pyramidnet272", "basic", 1800)] == (19.7, 14.6)
+    assert PAPER_TABLE1[("cifar10", "pyramidnet272_shakedrop", "autoaugment", 1800)] == (1.6, 1.4)
+    assert PAPER_TABLE1_CELLS[("cifar10", "wrn28_10", "autoaugment", 200)] == ("2.3±0.1",
+                                                                             "2.1±<0.1")
+    assert len(PAPER_TABLE1) == 2 * 15  # CIFAR-10/100 x 5 models/budgets x 3 augmentations
+    # every recipe's model name is one the table knows
+    models = {key[1] for key in PAPER_TABLE1}
+    for name in ("wrn28_10", "shakeshake26_2x96d", "pyramidnet272", "pyramidnet272_shakedrop"):
+        assert (REPO / "configs" / "model" / f"{name}.yaml").is_file() and name in models
 
 
 def test_sgd_at_twice_the_epochs_is_compared(tmp_path: Path, capsys) -> None:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = os.environ | {"OMP_NUM_THREADS": "1"}
 
@@ -25,6 +27,20 @@ def test_bench_runs_on_cpu_and_reports_ratios(tmp_path):
         assert result["step_s"][key] > 0
     assert result["sam_over_sgd"] == result["step_s"]["sam"] / result["step_s"]["sgd"]
     assert result["reference_over_ours_sam"] > 0
+    for key in ("sgd", "sam", "reference"):  # one CIFAR-10 epoch = 50,000 images
+        assert result["epoch_s"][key] == pytest.approx(50_000 / result["images_per_s"][key])
+    assert result["sam_200_epochs_h"] == pytest.approx(200 * result["epoch_s"]["sam"] / 3600)
+
+
+def test_bench_summarizes_saved_json_into_readme_rows():
+    """--summarize derives the epoch time from images/s, also for JSONs written before
+    bench.py recorded it (the committed CPU one: 50,000 / 272.3 img/s = 183.6 s)."""
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--summarize",
+                           str(REPO / "benchmarks" / "cpu_2026-11-28_resnet20.json")],
+                          check=True, env=ENV, capture_output=True, text=True, timeout=120)
+    rows = proc.stdout.strip().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("| date | device |")
+    assert rows[2].endswith("| resnet20, 128 | no | 272 | 183.6 s | 10.20 h | 1.983 | 1.38x |")
 
 
 def test_bench_msharpness_runs_on_cpu(tmp_path):
@@ -35,3 +51,58 @@ def test_bench_msharpness_runs_on_cpu(tmp_path):
                    capture_output=True, timeout=300)
     rows = {r["m"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows[2]["loop_s"] > 0 and rows[2]["vmap_s"] > 0 and rows[8]["vmap_s"] is None
+
+
+GPU_CHECK_STEPS = ("preflight", "bench wrn28_10", "bench wrn28_10_compile", "CUDA tests",
+                   "bench wrn16_8", "m-sharpness")
+
+
+def run_gpu_check_dry(tmp_path: Path, python: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """scripts/gpu_check.sh --dry-run with OUT and TMPDIR inside tmp_path."""
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    env = ENV | {"OUT": str(out), "TMPDIR": str(tmp), "PYTHON": python,
+                 "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    return proc, out
+
+
+def test_gpu_check_dry_run_delivers_every_result_to_out(tmp_path):
+    proc, out = run_gpu_check_dry(tmp_path, sys.executable)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = {f.name: f for f in out.iterdir()}
+    assert len(files) <= 8  # what comes back from the GPU machine's $OUT
+    (log,) = [f for name, f in files.items() if name.startswith("gpu_")]
+    assert log.name.endswith("_dryrun.txt")
+    stamp = log.name.removeprefix("gpu_").removesuffix(".txt")
+    expected = {f"bench_{stamp}_{step}.json"
+                for step in ("wrn28_10", "wrn28_10_compile", "wrn16_8", "msharpness")}
+    assert set(files) == expected | {log.name}
+    for step in ("wrn28_10", "wrn28_10_compile", "wrn16_8"):
+        result = json.loads(files[f"bench_{stamp}_{step}.json"].read_text())
+        assert result["model"] == "resnet20" and result["compile"] is False
+        assert result["sam_over_sgd"] > 0 and result["epoch_s"]["sam"] > 0
+        assert result["sam_200_epochs_h"] > 0
+        ratio = result["reference_over_ours_sam"]
+        assert ratio is None if step.endswith("compile") else ratio > 0
+    rows = json.loads(files[f"bench_{stamp}_msharpness.json"].read_text())["rows"]
+    assert all(r["loop_s"] > 0 and r["best_over_plain_sam"] > 0 for r in rows)
+    text = log.read_text()
+    assert "## outcome" in text and text.rstrip().endswith("0 step(s) failed")
+    for step in GPU_CHECK_STEPS:
+        assert f"## {step} " in text
+    assert "| resnet20, 16 | no |" in text  # the summary table
+    assert not list((REPO / "benchmarks").glob("*dryrun*"))  # a temporary folder instead
+    assert not list((tmp_path / "tmp").glob("gpu_check_site.*"))  # wheels removed
+
+
+def test_gpu_check_goes_on_after_failures_and_says_so(tmp_path):
+    proc, out = run_gpu_check_dry(tmp_path, "false")  # every Python step fails at once
+    assert proc.returncode != 0
+    (log,) = out.iterdir()  # no result files, the log still
+    text = log.read_text()
+    for step in GPU_CHECK_STEPS:
+        assert any(line.startswith(step) and "FAILED" in line for line in text.splitlines())
+    (count,) = [line.split()[0] for line in text.splitlines() if line.endswith("step(s) failed")]
+    assert int(count) >= len(GPU_CHECK_STEPS)
