@@ -198,16 +198,18 @@ def sum_across_ranks(*values: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def all_finite(t: Tensor) -> bool:
-    """``isfinite(t)`` on every rank, so that all ranks stop together on a NaN."""
-    finite = torch.isfinite(t).all()
+def first_step_across_ranks(step: Tensor) -> Tensor:
+    """Device scalar: the smallest non-zero value of the device scalar ``step`` over all
+    ranks, 0 when every rank holds 0 (the first step at which some rank met a NaN/inf
+    loss). No host read: under NCCL the all-reduce is queued on the device like a kernel."""
     if not is_distributed():
-        return bool(finite)
-    flag = finite.to(torch.float32).reshape(1)
+        return step
+    never = torch.iinfo(torch.long).max
+    t = torch.where(step > 0, step, never).reshape(1)
     if dist.get_backend() == "nccl":
-        flag = flag.cuda()
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return torch.where(t == never, 0, t)[0]
 
 
 def seed_rank(seed: int) -> None:

@@ -224,37 +224,79 @@ def amp_settings(cfg: DictConfig, device: torch.device):
     return (torch.bfloat16 if amp == "bf16" else None), None
 
 
-def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, device, progress):
-    """One epoch of sam_step; returns (mean loss, error %, images) read once at the end.
+class EpochMeter:
+    """Training loss, errors and the first NaN/inf step of an epoch, kept on the device.
 
-    Raises Diverged(step) with the first step (from 1) whose loss was NaN/inf; the loss
-    is read back only every ``cfg.nan_check_every`` steps, so the loop stays free of
-    host-device synchronisation while the reported step is still exact."""
+    ``update`` raises Diverged(step) with the first step (from 1) whose loss was NaN/inf
+    on any rank, checking every ``check_every`` steps. On the CPU a check reads the current
+    state: the run stops within the step. On CUDA a check starts an asynchronous copy of
+    the state to pinned memory and reads the copy the previous check started, which the
+    device finished while later steps were queued: the GPU never waits for the host, and
+    the run stops one check later. The recorded step is exact either way. ``result`` reads
+    the totals once.
+    """
+
+    def __init__(self, device: torch.device, check_every: int = 1) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.wrong = torch.zeros((), device=device, dtype=torch.long)
+        self.first_bad = torch.zeros((), device=device, dtype=torch.long)  # 0: none yet
+        self.seen, self.steps = 0, 0
+        self.check_every = max(1, check_every)
+        cuda = device.type == "cuda"
+        self.lagged = cuda
+        self._copy = torch.zeros((), dtype=torch.long, pin_memory=cuda)  # last check's state
+        self._copied = torch.cuda.Event() if cuda else None
+
+    def update(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        """Add one step's mean loss and outputs; check for NaN/inf as described above."""
+        self.steps += 1
+        self.loss_sum += loss.float() * len(y)
+        self.wrong += (out.argmax(1) != y).sum()
+        self.seen += len(y)
+        self.first_bad = torch.where((self.first_bad == 0) & ~torch.isfinite(loss),
+                                     self.steps, self.first_bad)
+        if self.steps % self.check_every:
+            return
+        state = distributed.first_step_across_ranks(self.first_bad)  # on the device
+        if not self.lagged:
+            _raise_if_bad(int(state))
+            return
+        if self._copied is not None:
+            self._copied.synchronize()  # the previous check's copy, long finished
+        _raise_if_bad(int(self._copy))
+        self._copy.copy_(state, non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
+
+    def result(self) -> tuple[float, float, int]:
+        """(mean loss, error %, images) over all ranks; Diverged if any loss was NaN/inf."""
+        _raise_if_bad(int(distributed.first_step_across_ranks(self.first_bad)))
+        loss_sum, wrong, seen = distributed.sum_across_ranks(self.loss_sum, self.wrong,
+                                                             self.seen)  # under DDP
+        return loss_sum.item() / seen, 100.0 * wrong.item() / seen, seen
+
+
+def _raise_if_bad(first_bad: int) -> None:
+    if first_bad:
+        raise Diverged(first_bad)
+
+
+def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, device, progress):
+    """One epoch of sam_step; returns (mean loss, error %, images) read once at the end
+    (Diverged on a NaN/inf loss: see EpochMeter)."""
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    wrong = torch.zeros((), device=device, dtype=torch.long)
-    first_bad = torch.zeros((), device=device, dtype=torch.long)  # 0: no bad step yet
-    seen = 0
-    check_every = max(1, cfg.nan_check_every)
+    meter = EpochMeter(device, cfg.nan_check_every)
     channels_last = bool(cfg.channels_last)
     local_m, sync_ascent = distributed.local_m(cfg), cfg.get("ddp_sync_ascent", False)
-    for step, (x, y) in enumerate(tqdm(loader, disable=not progress, leave=False, unit="batch")):
+    for x, y in tqdm(loader, disable=not progress, leave=False, unit="batch"):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         loss, out = sam_step(model, optimizer, F.cross_entropy, x, y, m=local_m,
                              amp_dtype=amp_dtype, scaler=scaler, return_outputs=True,
                              sync_ascent=sync_ascent, shard_impl=cfg.m_impl)
         scheduler.step()
-        loss_sum += loss.float() * len(y)
-        wrong += (out.argmax(1) != y).sum()
-        seen += len(y)
-        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), step + 1, first_bad)
-        if (step + 1) % check_every == 0 and not distributed.all_finite(loss_sum):  # all ranks
-            raise Diverged(int(first_bad) or step + 1)  # 0: the bad loss was another rank's
-    loss_sum, wrong, seen = distributed.sum_across_ranks(loss_sum, wrong, seen)  # under DDP
-    if not torch.isfinite(loss_sum):
-        raise Diverged(int(first_bad) or len(loader))
-    return loss_sum.item() / seen, 100.0 * wrong.item() / seen, seen
+        meter.update(loss, out, y)
+    return meter.result()
 
 
 @torch.no_grad()

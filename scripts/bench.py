@@ -3,6 +3,8 @@
 Measures, for one model and batch size:
   sgd        our SGD step: device-resident data, batched augmentation, sam_step
   sam        our SAM step (same pipeline)
+  sam_loop   the SAM step as sam-train's loop runs it: outputs kept, loss and error
+             summed on the device, and the NaN/inf check after every step
   fwdbwd     one bare forward+backward on a fixed batch (SAM's floor is two of them)
   reference  BASELINE ONLY: the usual PyTorch pipeline -- torchvision DataLoader with
              per-sample PIL transforms, fp32 (on CUDA with PyTorch's default TF32
@@ -40,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sam import SAM, sam_step  # noqa: E402
 from sam.data import DeviceLoader  # noqa: E402
 from sam.models import build_model  # noqa: E402
+from sam.train import EpochMeter  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 Step = Callable[[], None]  # one training step of a pipeline, timed by the caller
@@ -92,8 +95,9 @@ def make_model(name: str, device: torch.device, channels_last: bool) -> nn.Modul
 
 
 def ours(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
-         y_all: torch.Tensor, optim: str) -> Step:
-    """One step of our pipeline (loader + sam_step) with SGD or SAM."""
+         y_all: torch.Tensor, optim: str, loop: bool = False) -> Step:
+    """One step of our pipeline (loader + sam_step) with SGD or SAM; with ``loop``, plus
+    the training loop's per-step bookkeeping (sam.train.EpochMeter, checking every step)."""
     cuda = device.type == "cuda"
     model = make_model(args.model, device, channels_last=True)
     net = torch.compile(model) if args.compile else model
@@ -105,11 +109,17 @@ def ours(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
     loader = DeviceLoader(x_all, y_all, args.batch, device, MEAN, STD, augment="basic")
     amp = torch.bfloat16 if cuda else None
     batches = endless(loader)
+    meter = EpochMeter(device, check_every=1)
 
     def step() -> None:
         x, y = next(batches)
         x = x.contiguous(memory_format=torch.channels_last)
-        sam_step(net, opt, F.cross_entropy, x, y, amp_dtype=amp)
+        if not loop:
+            sam_step(net, opt, F.cross_entropy, x, y, amp_dtype=amp)
+            return
+        loss, out = sam_step(net, opt, F.cross_entropy, x, y, amp_dtype=amp,
+                             return_outputs=True)
+        meter.update(loss, out, y)
 
     return step
 
@@ -225,6 +235,7 @@ def results(args: argparse.Namespace, name: str, t: dict[str, float]) -> dict:
         "step_s": t,
         "images_per_s": images_per_s,
         "sam_over_sgd": t["sam"] / t["sgd"],
+        "sam_loop_over_sam": t["sam_loop"] / t["sam"] if "sam_loop" in t else None,
         "sam_outside_fwdbwd": (t["sam"] - 2 * t["fwdbwd"]) / t["sam"],
         "reference_over_ours_sam": t["reference"] / t["sam"] if "reference" in t else None,
         "epoch_s": epoch_s,
@@ -243,6 +254,9 @@ def print_table(args: argparse.Namespace, out: dict) -> None:
         epoch = f"{epoch_s[k]:>10.1f}" if k in epoch_s else f"{'-':>10}"
         print(f"{k:<12}{1000 * v:>10.1f}{args.batch / v:>12.0f}{epoch}")
     print(f"SAM/SGD step time          {out['sam_over_sgd']:.3f}  (floor 2.0)")
+    if out["sam_loop_over_sam"] is not None:
+        print(f"training loop / SAM step   {out['sam_loop_over_sam']:.3f}  (bookkeeping, "
+              "NaN check every step)")
     print(f"SAM time outside 2x fwd/bwd {100 * out['sam_outside_fwdbwd']:.1f}%")
     if out["reference_over_ours_sam"] is not None:
         print(f"reference/ours (SAM step)  {out['reference_over_ours_sam']:.2f}x")
@@ -314,6 +328,7 @@ def main() -> None:
 
     steps = {"sgd": ours(args, device, x_all, y_all, "sgd"),
              "sam": ours(args, device, x_all, y_all, "sam"),
+             "sam_loop": ours(args, device, x_all, y_all, "sam", loop=True),
              "fwdbwd": bare_fwdbwd(args, device, x_all, y_all)}
     if not args.no_reference:
         steps["reference"] = reference(args, device, x_all, y_all)

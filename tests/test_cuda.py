@@ -46,6 +46,34 @@ def test_sam_step_has_no_host_device_sync(m, impl):
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_training_loop_step_has_no_host_device_sync():
+    """sam-train's step: sam_step, then the loss/error sums and the NaN check of every
+    step (EpochMeter), still without a synchronising call (the check waits on an event
+    of the copy the check before made, which sync-debug mode rightly does not count)."""
+    from sam.train import EpochMeter
+
+    model = wrn()
+    opt = make_sam(model)
+    x = torch.randn(64, 3, 32, 32, device=DEV).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (64,), device=DEV)
+    meter = EpochMeter(DEV, check_every=1)
+
+    def step() -> None:
+        loss, out = sam_step(model, opt, F.cross_entropy, x, y, amp_dtype=torch.bfloat16,
+                             return_outputs=True)
+        meter.update(loss, out, y)
+
+    step()  # warm up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert meter.result()[2] == 3 * 64
+
+
 @pytest.mark.parametrize("impl", ["loop", "vmap"])
 def test_cuda_step_matches_cpu_float64(impl):
     """The same m-sharpness step (m=4) on CUDA as the per-shard loop on CPU, float64."""
@@ -86,6 +114,15 @@ def test_compiled_dropout_masks_replayed_on_cuda():
                     torch.zeros(64, device=DEV))
     assert abs(loss.item() - (w * x.mean()).item()) > 1e-3, "dropout must be active"
     torch.testing.assert_close(drop[1].weight.detach(), w - 0.1 * loss / w, rtol=0, atol=1e-14)
+
+
+def test_divergence_step_is_exact_with_the_lagged_check_on_cuda():
+    """On CUDA a check reads the copy the previous check made (no idle GPU): a NaN in
+    batch 6 of 10 still reports step 6, whatever the check interval."""
+    from test_faults import diverged_step
+
+    for every in (1, 4, 50):
+        assert diverged_step(DEV, every) == 6
 
 
 def test_fp16_grad_scaler_skips_nonfinite_step_and_restores():

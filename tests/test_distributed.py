@@ -88,6 +88,9 @@ def train(name: str, model: nn.Module, local: bool) -> dict:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
+FIRST_BAD = [(0, 0), (0, 7), (5, 7), (9, 3)]  # (rank 0, rank 1) first NaN/inf steps
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -97,6 +100,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         for name, (factory, *_rest) in CASES.items():
             ddp = nn.parallel.DistributedDataParallel(factory())
             states[name] = train(name, ddp, local=True)
+        # first NaN step per rank (0: none) -> what every rank is told
+        states["first_bad"] = [int(distributed.first_step_across_ranks(torch.tensor(v[rank])))
+                               for v in FIRST_BAD]
         torch.save(states, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -134,6 +140,12 @@ def test_ddp_step_equals_single_process_reference(ddp_states, name):
     if name == "sync_ascent":  # and it is not the per-rank (m = B/2) update
         per_rank = train("default_bn", copy.deepcopy(factory()), local=False)
         assert any((per_rank[k] - expected[k]).abs().max() > 1e-8 for k in expected)
+
+
+def test_all_ranks_agree_on_the_first_bad_step(ddp_states):
+    """Every rank stops at the earliest step any rank saw a NaN/inf loss (0: none)."""
+    for state in ddp_states:
+        assert state["first_bad"] == [0, 7, 5, 3]
 
 
 def test_sync_ascent_outside_ddp_changes_nothing():

@@ -131,26 +131,55 @@ def test_diverging_run_records_where_and_keeps_last_good_checkpoint(tmp_path):
     assert digest(run_dir)["last.pt"] == good
 
 
-@pytest.mark.parametrize("check_every", [1, 4, 50])
-def test_divergence_step_is_exact_whatever_the_check_interval(check_every):
-    """A NaN pixel in batch 6 of 10 makes step 6 the first NaN loss: Diverged says step 6
-    however rarely the loss is read back (a later read must not blur where it happened)."""
+@pytest.mark.parametrize("lagged", [False, True])
+@pytest.mark.parametrize("check_every, stops_at", [(1, 6), (4, 8), (50, "end")])
+def test_epoch_meter_stops_at_the_first_check_that_sees_the_bad_step(lagged, check_every,
+                                                                      stops_at):
+    """Losses finite but at step 6 of 10: Diverged(6), raised by the first check that can
+    see step 6; a lagged (CUDA) check reads the state the check before copied, so it
+    stops one check later (here: step 7, or the end-of-epoch check)."""
+    from sam.train import Diverged, EpochMeter
+
+    meter = EpochMeter(torch.device("cpu"), check_every)
+    meter.lagged = lagged
+    out, y = torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(Diverged) as err:
+        for step in range(1, 11):
+            raised_at = step
+            meter.update(torch.tensor(float("nan") if step == 6 else 1.0), out, y)
+        raised_at = "end"
+        meter.result()
+    assert err.value.step == 6
+    assert raised_at == ({1: 7, 4: "end", 50: "end"}[check_every] if lagged else stops_at)
+
+
+def diverged_step(device: torch.device, check_every: int) -> int:
+    """train_epoch over 10 batches whose 6th holds a NaN pixel: the step Diverged names
+    (tests/test_cuda.py runs it on CUDA, where the check is lagged)."""
     from omegaconf import OmegaConf
 
     from sam.optim import SAM
     from sam.train import Diverged, train_epoch
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
-    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(10)]
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).to(device)
+    batches = [(torch.randn(4, 3, 2, 2, device=device),
+                torch.randint(0, 3, (4,), device=device)) for _ in range(10)]
     batches[5][0][0, 0, 0, 0] = float("nan")
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     cfg = OmegaConf.create({"nan_check_every": check_every, "channels_last": False, "m": None,
                             "m_impl": "auto", "ddp_sync_ascent": False})
     with pytest.raises(Diverged) as err:
-        train_epoch(model, opt, sched, batches, cfg, None, None, torch.device("cpu"), False)
-    assert err.value.step == 6
+        train_epoch(model, opt, sched, batches, cfg, None, None, device, False)
+    return err.value.step
+
+
+@pytest.mark.parametrize("check_every", [1, 50])
+def test_divergence_step_is_exact_whatever_the_check_interval(check_every):
+    """A NaN pixel in batch 6 of 10 makes step 6 the first NaN loss: Diverged says step 6
+    however rarely the loss is checked."""
+    assert diverged_step(torch.device("cpu"), check_every) == 6
     TALLY["faults injected"] += 1
 
 

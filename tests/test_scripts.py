@@ -23,9 +23,10 @@ def test_bench_runs_on_cpu_and_reports_ratios(tmp_path):
                     "--workers", "0", "--device", "cpu", "--json", str(out)], check=True, env=ENV,
                    capture_output=True, timeout=300)
     result = json.loads(out.read_text())
-    for key in ("sgd", "sam", "fwdbwd", "reference"):
+    for key in ("sgd", "sam", "sam_loop", "fwdbwd", "reference"):
         assert result["step_s"][key] > 0
     assert result["sam_over_sgd"] == result["step_s"]["sam"] / result["step_s"]["sgd"]
+    assert result["sam_loop_over_sam"] == result["step_s"]["sam_loop"] / result["step_s"]["sam"]
     assert result["reference_over_ours_sam"] > 0
     for key in ("sgd", "sam", "reference"):  # one CIFAR-10 epoch = 50,000 images
         assert result["epoch_s"][key] == pytest.approx(50_000 / result["images_per_s"][key])
