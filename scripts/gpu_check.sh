@@ -17,9 +17,9 @@
 # Time budget: every step runs under `timeout -k 2 LIMIT`, so the worst case is the sum
 # of the limits plus 2 s each: 10 nvidia-smi + 20 wheels + 20 preflight + 75 wrn28_10 +
 # 165 wrn28_10 compiled (mostly compilation: two forward/backward graphs, as SAM's
-# perturbed pass freezes the BatchNorm statistics) + 90 CUDA tests + 45 wrn16_8 +
-# 45 m-sharpness + 15 summary = 485 s, + 9 x 2 s = 503 s (8.4 minutes). Estimated normal
-# run on an H100: 3-5 minutes.
+# perturbed pass freezes the BatchNorm statistics) + 75 sam-train epochs + 80 CUDA tests
+# + 45 wrn16_8 + 40 m-sharpness + 15 summary = 545 s, + 10 x 2 s = 565 s (9.4 minutes,
+# if every step ran out its time). Estimated normal run on an H100: 4-6 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -27,8 +27,12 @@ DRY=${GPU_CHECK_DRY:-0}
 [ "${1:-}" = "--dry-run" ] && DRY=1
 GRACE=2  # seconds between a step's SIGTERM and its SIGKILL
 
-site=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_site.XXXXXX") || exit 1
-trap 'rm -rf "$site"' EXIT
+# scratch: the wheels' site folder and sam-train's run directory (a WRN-28-10 checkpoint
+# is 300 MB: never under benchmarks/), removed at exit
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_scratch.XXXXXX") || exit 1
+trap 'rm -rf "$scratch"' EXIT
+site="$scratch/site"
+mkdir "$site" || exit 1
 smi=$(timeout -k "$GRACE" 10 nvidia-smi --query-gpu=name,driver_version,memory.total \
     --format=csv,noheader 2>/dev/null)
 card=$(printf '%s\n' "$smi" | head -n 1 | cut -d, -f1 | tr -c 'A-Za-z0-9\n' '_')
@@ -39,6 +43,8 @@ if [ "$DRY" = 1 ]; then
     # tiny sizes on CPU: the plumbing, not the numbers (the steps keep their names)
     BENCH=(--batch 16 --steps 1 --warmup 1 --rounds 1 --workers 0 --device cpu)
     BIG=resnet20 MID=resnet20 COMPILE=()
+    TRAIN=(model=resnet20 batch_size=16 dataset.train_size=64 dataset.test_size=32
+           eval_batch_size=32 device=cpu) TRAIN_N=64
     MSHARP=(--model resnet20 --batch 8 --m 2,8 --steps 1 --rounds 1 --device cpu)
 else
     dest=benchmarks
@@ -46,6 +52,9 @@ else
     # inside the timed steps
     BENCH=(--batch 256 --steps 10 --warmup 5 --rounds 3 --images 12800 --device cuda)
     BIG=wrn28_10 MID=wrn16_8 COMPILE=(--compile)
+    # 30 steps an epoch, CIFAR-10's 10,000 test images evaluated after each
+    TRAIN=(model=wrn28_10 batch_size=256 dataset.train_size=7680 dataset.test_size=10000
+           device=cuda) TRAIN_N=7680
     MSHARP=(--model resnet20 --batch 256 --m 1,4,16,64,256 --steps 2 --rounds 3 --device cuda)
 fi
 mkdir -p "$dest" || exit 1
@@ -94,6 +103,29 @@ install_wheels() {  # pure-Python wheels into $site: pip, or plain unzipping wit
         echo "installed into $2:" "${@:3}"' _ "$PY" "$site" .whl/*.whl
 }
 
+epoch_line() {  # epoch_line RESULTS_JSON N: sam-train's last epoch, scaled to CIFAR-10
+    "$PY" - "$1" "$2" <<'PYTHON'
+import json, sys
+h = json.load(open(sys.argv[1]))["history"][-1]
+ips, n = h["images_per_sec"], int(sys.argv[2])
+evaluation = h["epoch_time_s"] - n / ips
+epoch = 50_000 / ips + evaluation
+print(f"sam-train epoch {h['epoch']}: {ips:.0f} img/s training, evaluation {evaluation:.1f} s;"
+      f" CIFAR-10 epoch (50,000 images + evaluation) {epoch:.1f} s,"
+      f" 200 epochs {200 * epoch / 3600:.2f} h")
+PYTHON
+}
+
+train_epochs() {  # the product end to end: 2 sam-train epochs (SAM, defaults), synthetic data
+    local run="$scratch/train" json="$dest/bench_${stamp}_sam_train.json"
+    rm -f "$json"
+    step "sam-train 2 epochs" 75 "$PY" -m sam.cli dataset=synthetic "${TRAIN[@]}" epochs=2 \
+        progress=false "hydra.run.dir=$run"
+    if [ -f "$run/results.json" ]; then
+        cp "$run/results.json" "$json" && publish "$json" && epoch_line "$json" "$TRAIN_N"
+    fi
+}
+
 checks() {  # every step, in order of importance for the speed goals (issue 6)
     echo "# gpu_check $(date -u +%FT%TZ)  commit $(git rev-parse --short HEAD 2>/dev/null \
         || echo '?')$([ "$DRY" = 1 ] && echo "  DRY RUN (CPU, tiny sizes) into $dest")"
@@ -113,11 +145,12 @@ if sys.argv[1] != "1":
     bench wrn28_10_compile 165 --model "$BIG" "${BENCH[@]}" ${COMPILE[@]+"${COMPILE[@]}"} \
         --no-reference
     # -v names each test as it starts: a hang shows which one
-    step "CUDA tests" 90 "$PY" -m pytest -v -m cuda tests/test_cuda.py -p no:cacheprovider
+    train_epochs
+    step "CUDA tests" 80 "$PY" -m pytest -v -m cuda tests/test_cuda.py -p no:cacheprovider
     bench wrn16_8 45 --model "$MID" "${BENCH[@]}"
     local ms="$dest/bench_${stamp}_msharpness.json"
     rm -f "$ms"
-    step "m-sharpness" 45 "$PY" scripts/bench_msharpness.py "${MSHARP[@]}" --json "$ms"
+    step "m-sharpness" 40 "$PY" scripts/bench_msharpness.py "${MSHARP[@]}" --json "$ms"
     publish "$ms"
     local made=("$dest"/bench_"${stamp}"_*.json)
     if [ -e "${made[0]}" ]; then

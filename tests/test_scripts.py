@@ -54,8 +54,8 @@ def test_bench_msharpness_runs_on_cpu(tmp_path):
     assert rows[2]["loop_s"] > 0 and rows[2]["vmap_s"] > 0 and rows[8]["vmap_s"] is None
 
 
-GPU_CHECK_STEPS = ("preflight", "bench wrn28_10", "bench wrn28_10_compile", "CUDA tests",
-                   "bench wrn16_8", "m-sharpness")
+GPU_CHECK_STEPS = ("preflight", "bench wrn28_10", "bench wrn28_10_compile",
+                   "sam-train 2 epochs", "CUDA tests", "bench wrn16_8", "m-sharpness")
 
 
 def run_gpu_check_dry(tmp_path: Path, python: str) -> tuple[subprocess.CompletedProcess, Path]:
@@ -78,7 +78,8 @@ def test_gpu_check_dry_run_delivers_every_result_to_out(tmp_path):
     assert log.name.endswith("_dryrun.txt")
     stamp = log.name.removeprefix("gpu_").removesuffix(".txt")
     expected = {f"bench_{stamp}_{step}.json"
-                for step in ("wrn28_10", "wrn28_10_compile", "wrn16_8", "msharpness")}
+                for step in ("wrn28_10", "wrn28_10_compile", "wrn16_8", "msharpness",
+                             "sam_train")}
     assert set(files) == expected | {log.name}
     for step in ("wrn28_10", "wrn28_10_compile", "wrn16_8"):
         result = json.loads(files[f"bench_{stamp}_{step}.json"].read_text())
@@ -87,6 +88,8 @@ def test_gpu_check_dry_run_delivers_every_result_to_out(tmp_path):
         assert result["sam_200_epochs_h"] > 0
         ratio = result["reference_over_ours_sam"]
         assert ratio is None if step.endswith("compile") else ratio > 0
+    train = json.loads(files[f"bench_{stamp}_sam_train.json"].read_text())
+    assert train["status"] == "complete" and len(train["history"]) == 2
     rows = json.loads(files[f"bench_{stamp}_msharpness.json"].read_text())["rows"]
     assert all(r["loop_s"] > 0 and r["best_over_plain_sam"] > 0 for r in rows)
     text = log.read_text()
@@ -94,8 +97,9 @@ def test_gpu_check_dry_run_delivers_every_result_to_out(tmp_path):
     for step in GPU_CHECK_STEPS:
         assert f"## {step} " in text
     assert "| resnet20, 16 | no |" in text  # the summary table
+    assert "sam-train epoch 2: " in text and " 200 epochs " in text
     assert not list((REPO / "benchmarks").glob("*dryrun*"))  # a temporary folder instead
-    assert not list((tmp_path / "tmp").glob("gpu_check_site.*"))  # wheels removed
+    assert not list((tmp_path / "tmp").glob("gpu_check_scratch.*"))  # wheels, run removed
 
 
 def test_gpu_check_goes_on_after_failures_and_says_so(tmp_path):
