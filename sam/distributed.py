@@ -88,9 +88,9 @@ def check_config(cfg: Any, device: torch.device) -> None:
                         f"processes: use a multiple of {world} (the global batch is split "
                         "evenly over the ranks)")
     per_rank = cfg.batch_size // world
-    if cfg.optim.name != "sam" or cfg.m is None:
+    if cfg.m is None:
         return
-    if cfg.get("ddp_sync_ascent"):
+    if cfg.optim.name == "sam" and cfg.get("ddp_sync_ascent"):
         if cfg.m == cfg.batch_size:  # plain SAM on the global batch, as m=null
             return
         raise UserError(f"m={cfg.m} with ddp_sync_ascent=true: the synchronised ascent is "
@@ -108,9 +108,10 @@ def describe(cfg: Any) -> dict[str, Any]:
     world = world_size()
     per_rank = cfg.batch_size // world
     sync = bool(cfg.get("ddp_sync_ascent", False))
-    effective_m = None
-    if cfg.optim.name == "sam":
-        effective_m = cfg.batch_size if sync else (local_m(cfg) or per_rank)
+    # SAM: the examples behind one eps; both optimizers: one BatchNorm statistics shard
+    effective_m = local_m(cfg) or per_rank
+    if cfg.optim.name == "sam" and sync:
+        effective_m = cfg.batch_size
     return {"world_size": world, "backend": dist.get_backend(), "per_rank_batch": per_rank,
             "sync_ascent": sync, "sync_bn": bool(cfg.get("sync_bn", False)),
             "effective_m": effective_m}

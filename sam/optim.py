@@ -280,7 +280,10 @@ def sam_step(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """One training step on a batch; returns the clean-pass loss (a 0-d tensor, no sync).
 
-    With a plain optimizer: forward, backward, step. With ``SAM``: the batch of B
+    With a plain optimizer: forward, backward, step; with m < B the k = B/m shards run
+    one by one, each with its own BatchNorm statistics ("ghost" BatchNorm: k accelerators
+    of m examples without synchronised BatchNorm), gradients and BN updates averaged.
+    With ``SAM``: the batch of B
     examples is cut into k = B/m shards (m=None means m=B, ordinary SAM); shard i
     takes its own eps_i from its own gradient g_i and its own gradient at w + eps_i;
     the descent gradient is (1/k) sum_i grad L_i(w + eps_i). The perturbed passes
@@ -315,7 +318,15 @@ def sam_step(
     ddp = model if _in_process_group(model) else None
     with ddp.no_sync() if ddp is not None else nullcontext():
         if not isinstance(optimizer, SAM):
-            loss, out = _forward_backward(model, loss_fn, inputs, targets, amp_dtype, scaler)
+            m = inputs.shape[0] if m is None else m
+            if m <= 0 or inputs.shape[0] % m:
+                raise ValueError(f"m={m} must divide the batch size {inputs.shape[0]}")
+            if m == inputs.shape[0]:
+                loss, out = _forward_backward(model, loss_fn, inputs, targets, amp_dtype,
+                                              scaler)
+            else:  # shards: each its own BatchNorm statistics, as one accelerator each
+                loss, out = _shards(model, optimizer, inputs, targets, m, lambda xs, ys:
+                                    _forward_backward(model, loss_fn, xs, ys, amp_dtype, scaler))
             if ddp is not None:
                 _average_across_ranks(ddp, optimizer, with_bn=True)
             _base_step(optimizer, scaler, None)
@@ -399,6 +410,15 @@ def _sam_shard(model, optimizer, loss_fn, x, y, amp_dtype, scaler,
 
 def _sam_shards(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler) -> tuple[Tensor, Tensor]:
     """m-sharpness: per-shard SAM gradients averaged; BN stats averaged over shards."""
+    return _shards(model, optimizer, x, y, m, lambda xs, ys: _sam_shard(
+        model, optimizer, loss_fn, xs, ys, amp_dtype, scaler))
+
+
+def _shards(model, optimizer, x, y, m, shard_step) -> tuple[Tensor, Tensor]:
+    """The batch in shards of m, one ``shard_step(xs, ys) -> (loss, out)`` each (which
+    leaves the shard's gradient in p.grad), every shard starting from the same BatchNorm
+    buffers: p.grad <- the mean of the shards' gradients, the BN buffers <- the mean of
+    the shards' updates (k accelerators of m examples, their results averaged)."""
     params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
     # every shard's clean pass starts from the same BN buffers (num_batches_tracked
     # included), so each ends with one update from its own statistics; we keep the mean
@@ -413,7 +433,7 @@ def _sam_shards(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler) -> tuple[
         if bn_buffers:
             torch._foreach_copy_(bn_buffers, start)
         optimizer.zero_grad(set_to_none=True)
-        loss, out = _sam_shard(model, optimizer, loss_fn, xs, ys, amp_dtype, scaler)
+        loss, out = shard_step(xs, ys)
         losses.append(loss)
         outs.append(out)
         for total, b in zip(bn_sum, bn_buffers, strict=True):

@@ -285,13 +285,17 @@ def group_key(run: dict[str, Any]) -> GroupKey:
     return tuple(run["summary"][k] for k in GROUP_KEYS)
 
 
-def sam_setting(run: dict[str, Any]) -> Setting:
-    """(rho, m) of a SAM run; an m equal to the batch size is normalised to None (= batch)."""
+def shard_m(run: dict[str, Any]) -> int | None:
+    """A run's m (SAM: shard of its own eps; both optimizers: BatchNorm shards); an m
+    equal to the batch size is normalised to None (= batch)."""
     summary = run["summary"]
     m = summary.get("m")
-    if m is not None and m == summary.get("batch_size"):
-        m = None
-    return summary.get("rho"), m
+    return None if m is not None and m == summary.get("batch_size") else m
+
+
+def sam_setting(run: dict[str, Any]) -> Setting:
+    """(rho, m) of a SAM run (m as in ``shard_m``)."""
+    return run["summary"].get("rho"), shard_m(run)
 
 
 def _setting_order(setting: Setting) -> tuple[float, float]:
@@ -407,6 +411,9 @@ def warnings_for(complete: list[dict]) -> list[str]:
             values = {str(r["summary"].get(name)) for r in runs}
             if len(values) > 1:
                 notes.append(f"{where}: mixes {name} = {', '.join(sorted(values))}")
+        shards = {_m_text(shard_m(r)) for r in runs}  # SGD cells: BatchNorm shard sizes
+        if len(shards) > 1:
+            notes.append(f"{where}: mixes m (BatchNorm shards) = {', '.join(sorted(shards))}")
         seeds = [r["summary"].get("seed") for r in runs]
         repeated = sorted({str(s) for s in seeds if seeds.count(s) > 1})
         if repeated:

@@ -349,7 +349,7 @@ def _summary(cfg: DictConfig, choices: dict[str, str], data_name: str, eval_spli
     is_sam = cfg.optim.name == "sam"
     return {"dataset": data_name, "model": choices.get("model", cfg.model._target_),
             "augment": cfg.augment.name, "optim": cfg.optim.name,
-            "rho": cfg.optim.rho if is_sam else None, "m": cfg.m if is_sam else None,
+            "rho": cfg.optim.rho if is_sam else None, "m": cfg.m,  # SGD: BatchNorm shards
             "epochs": cfg.epochs, "seed": cfg.seed, "batch_size": cfg.batch_size,
             "lr": cfg.lr, "lam": cfg.lam, "eval_split": eval_split}
 

@@ -6,6 +6,8 @@ Measures, for one model and batch size:
   sam_loop   the SAM step as sam-train's loop runs it: outputs kept, loss and error
              summed on the device, and the NaN/inf check after every step
   fwdbwd     one bare forward+backward on a fixed batch (SAM's floor is two of them)
+  sgd_mM, sam_mM_loop, sam_mM_vmap   with --m M: shards of M examples (the paper
+             recipes' m=32), SAM's shards as a loop and batched with vmap
   reference  BASELINE ONLY: the usual PyTorch pipeline -- torchvision DataLoader with
              per-sample PIL transforms, fp32 (on CUDA with PyTorch's default TF32
              convolutions), and the per-parameter SAM loop of the popular
@@ -95,9 +97,12 @@ def make_model(name: str, device: torch.device, channels_last: bool) -> nn.Modul
 
 
 def ours(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
-         y_all: torch.Tensor, optim: str, loop: bool = False) -> Step:
+         y_all: torch.Tensor, optim: str, loop: bool = False, m: int | None = None,
+         shard_impl: str = "auto") -> Step:
     """One step of our pipeline (loader + sam_step) with SGD or SAM; with ``loop``, plus
-    the training loop's per-step bookkeeping (sam.train.EpochMeter, checking every step)."""
+    the training loop's per-step bookkeeping (sam.train.EpochMeter, checking every step);
+    ``m``: shards of m examples (own BatchNorm statistics; SAM: own eps), run by
+    ``shard_impl``."""
     cuda = device.type == "cuda"
     model = make_model(args.model, device, channels_last=True)
     net = torch.compile(model) if args.compile else model
@@ -115,10 +120,10 @@ def ours(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
         x, y = next(batches)
         x = x.contiguous(memory_format=torch.channels_last)
         if not loop:
-            sam_step(net, opt, F.cross_entropy, x, y, amp_dtype=amp)
+            sam_step(net, opt, F.cross_entropy, x, y, m=m, amp_dtype=amp, shard_impl=shard_impl)
             return
-        loss, out = sam_step(net, opt, F.cross_entropy, x, y, amp_dtype=amp,
-                             return_outputs=True)
+        loss, out = sam_step(net, opt, F.cross_entropy, x, y, m=m, amp_dtype=amp,
+                             return_outputs=True, shard_impl=shard_impl)
         meter.update(loss, out, y)
 
     return step
@@ -231,7 +236,7 @@ def results(args: argparse.Namespace, name: str, t: dict[str, float]) -> dict:
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": name,
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "model": args.model, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
-        "compile": args.compile,
+        "compile": args.compile, "m": args.m,
         "step_s": t,
         "images_per_s": images_per_s,
         "sam_over_sgd": t["sam"] / t["sgd"],
@@ -306,6 +311,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
     p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--m", type=int, default=None,
+                   help="also time SGD and SAM (loop, vmap) with shards of m examples")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
                    help="only print a markdown table of these saved JSONs")
@@ -330,6 +337,11 @@ def main() -> None:
              "sam": ours(args, device, x_all, y_all, "sam"),
              "sam_loop": ours(args, device, x_all, y_all, "sam", loop=True),
              "fwdbwd": bare_fwdbwd(args, device, x_all, y_all)}
+    if args.m:  # the paper recipes' shards (m=32: 8 GPUs x 32), loop and vmap for SAM
+        steps[f"sgd_m{args.m}"] = ours(args, device, x_all, y_all, "sgd", m=args.m)
+        for impl in ("loop", "vmap"):
+            steps[f"sam_m{args.m}_{impl}"] = ours(args, device, x_all, y_all, "sam", m=args.m,
+                                                  shard_impl=impl)
     if not args.no_reference:
         steps["reference"] = reference(args, device, x_all, y_all)
     t = median_times(steps, args, device)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# All GPU checks in one go: scripts/bench.py for WRN-28-10 (ours vs the usual pipeline,
-# then ours under torch.compile, to decide whether compile should be the CUDA default),
-# the CUDA-marked tests, bench.py for WRN-16-8, and the m-sharpness cost vs m. Writes
+# All GPU checks in one go: scripts/bench.py for WRN-28-10 (ours vs the usual pipeline;
+# then with the recipes' m=32 shards; then ours under torch.compile, to decide whether
+# compile should be the CUDA default), two real sam-train epochs, the CUDA-marked tests,
+# bench.py for WRN-16-8, and the m-sharpness cost vs m. Writes
 # benchmarks/gpu_<date>_<card>.txt (the log, ending with a README-ready table) and
 # benchmarks/bench_<date>_<card>_<step>.json; with $OUT set, each file also lands there
-# as soon as it is written (the log live), 5 files in all. A failing or timed-out step
+# as soon as it is written (the log live), 7 files in all. A failing or timed-out step
 # does not stop the later ones; the exit status is 0 only if every step passed.
 #
 #   bash scripts/gpu_check.sh             # on a machine with a CUDA GPU
@@ -15,11 +16,12 @@
 # temporary folder that is removed at exit.
 #
 # Time budget: every step runs under `timeout -k 2 LIMIT`, so the worst case is the sum
-# of the limits plus 2 s each: 10 nvidia-smi + 20 wheels + 20 preflight + 75 wrn28_10 +
-# 165 wrn28_10 compiled (mostly compilation: two forward/backward graphs, as SAM's
-# perturbed pass freezes the BatchNorm statistics) + 75 sam-train epochs + 80 CUDA tests
-# + 45 wrn16_8 + 40 m-sharpness + 15 summary = 545 s, + 10 x 2 s = 565 s (9.4 minutes,
-# if every step ran out its time). Estimated normal run on an H100: 4-6 minutes.
+# of the limits plus 2 s each: 10 nvidia-smi + 20 wheels + 20 preflight + 75 wrn28_10
+# + 75 wrn28_10 m=32 + 130 wrn28_10 compiled (mostly compilation: two forward/backward
+# graphs, as SAM's perturbed pass freezes the BatchNorm statistics) + 60 sam-train
+# epochs + 70 CUDA tests + 40 wrn16_8 + 35 m-sharpness + 15 summary = 550 s,
+# + 11 x 2 s = 572 s (9.5 minutes, if every step ran out its time; give the device call
+# timeout_s=595). Estimated normal run on an H100: 5-6 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -42,7 +44,7 @@ if [ "$DRY" = 1 ]; then
     dest=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_dry.XXXXXX") || exit 1
     # tiny sizes on CPU: the plumbing, not the numbers (the steps keep their names)
     BENCH=(--batch 16 --steps 1 --warmup 1 --rounds 1 --workers 0 --device cpu)
-    BIG=resnet20 MID=resnet20 COMPILE=()
+    BIG=resnet20 MID=resnet20 COMPILE=() SHARDS=(--m 8 --no-reference)
     TRAIN=(model=resnet20 batch_size=16 dataset.train_size=64 dataset.test_size=32
            eval_batch_size=32 device=cpu) TRAIN_N=64
     MSHARP=(--model resnet20 --batch 8 --m 2,8 --steps 1 --rounds 1 --device cpu)
@@ -52,6 +54,7 @@ else
     # inside the timed steps
     BENCH=(--batch 256 --steps 10 --warmup 5 --rounds 3 --images 12800 --device cuda)
     BIG=wrn28_10 MID=wrn16_8 COMPILE=(--compile)
+    SHARDS=(--m 32 --no-reference --steps 5 --rounds 2 --warmup 2)  # the recipes' m
     # 30 steps an epoch, CIFAR-10's 10,000 test images evaluated after each
     TRAIN=(model=wrn28_10 batch_size=256 dataset.train_size=7680 dataset.test_size=10000
            device=cuda) TRAIN_N=7680
@@ -119,7 +122,7 @@ PYTHON
 train_epochs() {  # the product end to end: 2 sam-train epochs (SAM, defaults), synthetic data
     local run="$scratch/train" json="$dest/bench_${stamp}_sam_train.json"
     rm -f "$json"
-    step "sam-train 2 epochs" 75 "$PY" -m sam.cli dataset=synthetic "${TRAIN[@]}" epochs=2 \
+    step "sam-train 2 epochs" 60 "$PY" -m sam.cli dataset=synthetic "${TRAIN[@]}" epochs=2 \
         progress=false "hydra.run.dir=$run"
     if [ -f "$run/results.json" ]; then
         cp "$run/results.json" "$json" && publish "$json" && epoch_line "$json" "$TRAIN_N"
@@ -141,16 +144,17 @@ if sys.argv[1] != "1":
     assert torch.cuda.is_available(), "CUDA is not available: the GPU steps will fail"
     print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())' "$DRY"
     bench wrn28_10 75 --model "$BIG" "${BENCH[@]}"
+    bench wrn28_10_m32 75 --model "$BIG" "${BENCH[@]}" "${SHARDS[@]}"
     [ "$DRY" = 1 ] && echo "(dry run: the compiled step runs without --compile)"
-    bench wrn28_10_compile 165 --model "$BIG" "${BENCH[@]}" ${COMPILE[@]+"${COMPILE[@]}"} \
+    bench wrn28_10_compile 130 --model "$BIG" "${BENCH[@]}" ${COMPILE[@]+"${COMPILE[@]}"} \
         --no-reference
     # -v names each test as it starts: a hang shows which one
     train_epochs
-    step "CUDA tests" 80 "$PY" -m pytest -v -m cuda tests/test_cuda.py -p no:cacheprovider
-    bench wrn16_8 45 --model "$MID" "${BENCH[@]}"
+    step "CUDA tests" 70 "$PY" -m pytest -v -m cuda tests/test_cuda.py -p no:cacheprovider
+    bench wrn16_8 40 --model "$MID" "${BENCH[@]}"
     local ms="$dest/bench_${stamp}_msharpness.json"
     rm -f "$ms"
-    step "m-sharpness" 40 "$PY" scripts/bench_msharpness.py "${MSHARP[@]}" --json "$ms"
+    step "m-sharpness" 35 "$PY" scripts/bench_msharpness.py "${MSHARP[@]}" --json "$ms"
     publish "$ms"
     local made=("$dest"/bench_"${stamp}"_*.json)
     if [ -e "${made[0]}" ]; then

@@ -128,6 +128,8 @@ def test_table1_recipes_use_table6_hyperparameters(name, dataset, lr, lam, rho):
     cfg = make(f"experiment={name}", f"dataset={dataset}", "optim=sam")
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.rho) == (lr, lam, rho)
     assert cfg.batch_size == 256 and cfg.optim.nesterov
+    # 8 accelerators x 32 (section 3.1): the SGD baseline shares the BatchNorm shards
+    assert cfg.m == 32 and make(f"experiment={name}", "optim=sgd").m == 32
 
 
 def test_rho_search_holds_out_ten_percent():

@@ -162,6 +162,7 @@ def test_sync_ascent_outside_ddp_changes_nothing():
     (dict(m=32), "m=32 does not divide the per-rank batch 16"),
     (dict(m=3), "m=3 does not divide the per-rank batch 16"),
     (dict(m=8, ddp_sync_ascent=True), "m=8 with ddp_sync_ascent=true"),
+    (dict(m=3, optim={"name": "sgd"}), "m=3 does not divide the per-rank batch 16"),  # BN
     (dict(sync_bn=True), "sync_bn=true needs CUDA"),
 ])
 def test_multi_process_config_errors(monkeypatch, overrides, words):
@@ -170,9 +171,11 @@ def test_multi_process_config_errors(monkeypatch, overrides, words):
                             "ddp_sync_ascent": False, "sync_bn": False} | overrides)
     with pytest.raises(UserError, match=words):
         distributed.check_config(cfg, torch.device("cpu"))
-    for fine in (dict(m=8), dict(m=32, ddp_sync_ascent=True), dict(optim={"name": "sgd"})):
+    for fine in (dict(m=8), dict(m=32, ddp_sync_ascent=True), dict(optim={"name": "sgd"}),
+                 dict(optim={"name": "sgd"}, m=8)):
         distributed.check_config(OmegaConf.merge(cfg, dict(batch_size=32, sync_bn=False),
-                                                 dict(m=None, ddp_sync_ascent=False), fine),
+                                                 dict(m=None, ddp_sync_ascent=False,
+                                                      optim={"name": "sam"}), fine),
                                  torch.device("cpu"))
 
 

@@ -328,6 +328,33 @@ def test_sam_step_with_sgd_is_plain_sgd() -> None:
         torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("m", [2, 4, 8])
+def test_sgd_with_shards_is_ghost_batchnorm_data_parallel(m: int) -> None:
+    """SGD with m < B: k = B/m accelerators of m examples without synchronised BatchNorm.
+    Reference: each shard on its own copy from the same start (float64 autograd), the
+    gradients and BN running statistics averaged, then the Nesterov step by hand; m = B
+    is plain SGD."""
+    model, (x, y) = bn_net(), image_batch(8)
+    w0 = params_of(model)
+    grads, means, vars_ = [], [], []
+    for xs, ys in zip(x.split(m), y.split(m), strict=True):
+        ref = copy.deepcopy(model)
+        F.cross_entropy(ref(xs), ys).backward()
+        grads.append({k: p.grad for k, p in ref.named_parameters()})
+        means.append(ref[1].running_mean)
+        vars_.append(ref[1].running_var)
+    g = {k: torch.stack([gi[k] for gi in grads]).mean(0) for k in w0}
+    expected = nesterov_first_step(w0, g)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOM, nesterov=True, weight_decay=WD)
+    sam_step(model, opt, F.cross_entropy, x, y, m=m)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-12)
+    bn = model[1]
+    torch.testing.assert_close(bn.running_mean, torch.stack(means).mean(0), rtol=0, atol=1e-14)
+    torch.testing.assert_close(bn.running_var, torch.stack(vars_).mean(0), rtol=0, atol=1e-14)
+    assert bn.num_batches_tracked.item() == 1
+
+
 def float_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))

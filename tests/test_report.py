@@ -251,6 +251,17 @@ def test_missing_or_empty_directories(tmp_path: Path, capsys) -> None:
     assert not (empty / "report.md").exists()
 
 
+def test_sgd_cell_mixing_batchnorm_shards_is_warned(tmp_path: Path, capsys) -> None:
+    """SGD with m=32 (8 accelerators' BatchNorm, as the paper) and with m = B are not the
+    same baseline: the report says so; m = batch size counts as m = B."""
+    write_run(tmp_path, "a", "sgd", 0, 3.0, m=32)
+    write_run(tmp_path, "b", "sgd", 1, 3.2)
+    write_run(tmp_path, "c", "sgd", 2, 3.1, m=128)
+    assert main([str(tmp_path)]) == 0
+    assert "cifar10/wrn28_10/basic/200 sgd: mixes m (BatchNorm shards) = 32, B" in \
+        capsys.readouterr().out
+
+
 def test_paper_table1_values() -> None:
     """Spot checks against the paper's Table 1 (SGD, SAM), one per row and corner."""
     assert PAPER_TABLE1[("cifar10", "wrn28_10", "basic", 200)] == (3.5, 2.7)

@@ -54,8 +54,9 @@ def test_bench_msharpness_runs_on_cpu(tmp_path):
     assert rows[2]["loop_s"] > 0 and rows[2]["vmap_s"] > 0 and rows[8]["vmap_s"] is None
 
 
-GPU_CHECK_STEPS = ("preflight", "bench wrn28_10", "bench wrn28_10_compile",
-                   "sam-train 2 epochs", "CUDA tests", "bench wrn16_8", "m-sharpness")
+GPU_CHECK_STEPS = ("preflight", "bench wrn28_10", "bench wrn28_10_m32",
+                   "bench wrn28_10_compile", "sam-train 2 epochs", "CUDA tests",
+                   "bench wrn16_8", "m-sharpness")
 
 
 def run_gpu_check_dry(tmp_path: Path, python: str) -> tuple[subprocess.CompletedProcess, Path]:
@@ -78,16 +79,19 @@ def test_gpu_check_dry_run_delivers_every_result_to_out(tmp_path):
     assert log.name.endswith("_dryrun.txt")
     stamp = log.name.removeprefix("gpu_").removesuffix(".txt")
     expected = {f"bench_{stamp}_{step}.json"
-                for step in ("wrn28_10", "wrn28_10_compile", "wrn16_8", "msharpness",
-                             "sam_train")}
+                for step in ("wrn28_10", "wrn28_10_m32", "wrn28_10_compile", "wrn16_8",
+                             "msharpness", "sam_train")}
     assert set(files) == expected | {log.name}
-    for step in ("wrn28_10", "wrn28_10_compile", "wrn16_8"):
+    for step in ("wrn28_10", "wrn28_10_m32", "wrn28_10_compile", "wrn16_8"):
         result = json.loads(files[f"bench_{stamp}_{step}.json"].read_text())
         assert result["model"] == "resnet20" and result["compile"] is False
         assert result["sam_over_sgd"] > 0 and result["epoch_s"]["sam"] > 0
         assert result["sam_200_epochs_h"] > 0
         ratio = result["reference_over_ours_sam"]
-        assert ratio is None if step.endswith("compile") else ratio > 0
+        assert ratio is None if step.endswith(("compile", "m32")) else ratio > 0
+    shards = json.loads(files[f"bench_{stamp}_wrn28_10_m32.json"].read_text())  # m=8 (dry)
+    assert shards["m"] == 8
+    assert all(shards["step_s"][k] > 0 for k in ("sgd_m8", "sam_m8_loop", "sam_m8_vmap"))
     train = json.loads(files[f"bench_{stamp}_sam_train.json"].read_text())
     assert train["status"] == "complete" and len(train["history"]) == 2
     rows = json.loads(files[f"bench_{stamp}_msharpness.json"].read_text())["rows"]
