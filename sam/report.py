@@ -521,8 +521,9 @@ def render_report(complete: list[dict], others: list[dict], dirs: Sequence[Path]
         "",
         "Final-epoch test error (%): mean ± half-width of the 95% Student-t interval over "
         "seeds (n = number of seeds; no interval for n=1). m = B: m-sharpness over the whole "
-        "batch. Paper: Foret et al., ICLR 2021, Table 1 (WRN-28-10, 200 epochs). "
-        "SAM - SGD: difference of the means.",
+        "batch. Paper: Foret et al., ICLR 2021, Table 1 (mean ± 95% interval over 5 runs; "
+        "8 GPUs x 32, i.e. m=32; its SGD is the better of E and 2E epochs), shown where "
+        "dataset, model, augmentation and epochs match. SAM - SGD: difference of the means.",
         "",
     ]
     lines += table_lines(rows) if rows else ["No complete runs."]
