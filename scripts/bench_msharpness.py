@@ -34,10 +34,14 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # as sam-train
     torch.manual_seed(0)
-    model = build_model(args.model, num_classes=10).to(device)
+    # channels_last model and inputs as sam-train (the vmap path makes its shards NCHW)
+    model = build_model(args.model, num_classes=10).to(device).to(
+        memory_format=torch.channels_last)
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.01, momentum=0.9)
-    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    x = torch.randn(args.batch, 3, 32, 32, device=device).contiguous(
+        memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,), device=device)
     amp = torch.bfloat16 if device.type == "cuda" else None
 
