@@ -36,6 +36,7 @@ so the scaler skips the base step while the weights are already restored exactly
 
 from __future__ import annotations
 
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -43,6 +44,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -223,6 +225,48 @@ def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @contextmanager
+def ghost_batchnorm(model: nn.Module, shards: int) -> Iterator[None]:
+    """Within the block every BatchNorm layer (SyncBatchNorm excepted) in train mode
+    treats its batch as ``shards`` consecutive shards, as that many accelerators would:
+    shard i is normalised with its own statistics (mean_i, biased var_i), and the running
+    statistics get the mean of the shards' updates,
+        r <- (1 - momentum) r + momentum * mean_i(stat_i)   (var_i unbiased here),
+    num_batches_tracked +1. One pass: the shards sit side by side as k x C channels."""
+    bns = [bn for bn in _batch_norms(model) if not isinstance(bn, nn.SyncBatchNorm)]
+    for bn in bns:
+        bn.forward = types.MethodType(_ghost_forward, bn)
+        bn.ghost_shards = shards
+    try:
+        yield
+    finally:
+        for bn in bns:
+            del bn.forward, bn.ghost_shards
+
+
+def _ghost_forward(bn: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    k = bn.ghost_shards
+    if not bn.training or k == 1 or bn.momentum is None:
+        return type(bn).forward(bn, x)  # (cumulative averaging has no per-shard form here)
+    n, c, rest = x.shape[0], x.shape[1], x.shape[2:]
+    m = n // k
+    side_by_side = x.reshape(k, m, c, *rest).transpose(0, 1).reshape(m, k * c, *rest)
+    track = bn.track_running_stats
+    running = [b.repeat(k) if track else None for b in (bn.running_mean, bn.running_var)]
+    affine = [t.repeat(k) if t is not None else None for t in (bn.weight, bn.bias)]
+    y = F.batch_norm(side_by_side, *running, *affine, training=True, momentum=bn.momentum,
+                     eps=bn.eps)
+    if track:
+        with torch.no_grad():
+            for buffer, updated in zip((bn.running_mean, bn.running_var), running, strict=True):
+                buffer.copy_(updated.view(k, c).mean(0))
+            bn.num_batches_tracked.add_(1)
+    out = y.reshape(m, k, c, *rest).transpose(0, 1).reshape(x.shape)
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+@contextmanager
 def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
     """Within the block BatchNorm layers still normalise with batch statistics (in
     train mode) but no buffer changes: running mean/var and num_batches_tracked."""
@@ -280,9 +324,11 @@ def sam_step(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """One training step on a batch; returns the clean-pass loss (a 0-d tensor, no sync).
 
-    With a plain optimizer: forward, backward, step; with m < B the k = B/m shards run
-    one by one, each with its own BatchNorm statistics ("ghost" BatchNorm: k accelerators
-    of m examples without synchronised BatchNorm), gradients and BN updates averaged.
+    With a plain optimizer: forward, backward, step; with m < B each of the k = B/m
+    shards has its own BatchNorm statistics ("ghost" BatchNorm: k accelerators of m
+    examples without synchronised BatchNorm), gradients and BN updates averaged: shard
+    by shard (``shard_impl="loop"``, and "auto" on CPU) or in one pass (``ghost_batchnorm``:
+    "vmap", and "auto" elsewhere).
     With ``SAM``: the batch of B
     examples is cut into k = B/m shards (m=None means m=B, ordinary SAM); shard i
     takes its own eps_i from its own gradient g_i and its own gradient at w + eps_i;
@@ -324,9 +370,15 @@ def sam_step(
             if m == inputs.shape[0]:
                 loss, out = _forward_backward(model, loss_fn, inputs, targets, amp_dtype,
                                               scaler)
-            else:  # shards: each its own BatchNorm statistics, as one accelerator each
+            elif shard_impl == "loop" or (shard_impl == "auto" and inputs.device.type == "cpu"):
+                # shards: own BatchNorm statistics, one accelerator each (on CPU the small
+                # passes are faster than the one pass's extra copies)
                 loss, out = _shards(model, optimizer, inputs, targets, m, lambda xs, ys:
                                     _forward_backward(model, loss_fn, xs, ys, amp_dtype, scaler))
+            else:  # the same in one pass: BatchNorm computes per-shard statistics
+                with ghost_batchnorm(model, inputs.shape[0] // m):
+                    loss, out = _forward_backward(model, loss_fn, inputs, targets, amp_dtype,
+                                                  scaler)
             if ddp is not None:
                 _average_across_ranks(ddp, optimizer, with_bn=True)
             _base_step(optimizer, scaler, None)

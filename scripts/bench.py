@@ -6,8 +6,9 @@ Measures, for one model and batch size:
   sam_loop   the SAM step as sam-train's loop runs it: outputs kept, loss and error
              summed on the device, and the NaN/inf check after every step
   fwdbwd     one bare forward+backward on a fixed batch (SAM's floor is two of them)
-  sgd_mM, sam_mM_loop, sam_mM_vmap   with --m M: shards of M examples (the paper
-             recipes' m=32), SAM's shards as a loop and batched with vmap
+  {sgd,sam}_mM_{loop,vmap}   with --m M: shards of M examples (the paper recipes'
+             m=32), one by one or batched (SGD: one pass with per-shard BatchNorm
+             statistics; SAM: torch.func.vmap)
   reference  BASELINE ONLY: the usual PyTorch pipeline -- torchvision DataLoader with
              per-sample PIL transforms, fp32 (on CUDA with PyTorch's default TF32
              convolutions), and the per-parameter SAM loop of the popular
@@ -337,11 +338,11 @@ def main() -> None:
              "sam": ours(args, device, x_all, y_all, "sam"),
              "sam_loop": ours(args, device, x_all, y_all, "sam", loop=True),
              "fwdbwd": bare_fwdbwd(args, device, x_all, y_all)}
-    if args.m:  # the paper recipes' shards (m=32: 8 GPUs x 32), loop and vmap for SAM
-        steps[f"sgd_m{args.m}"] = ours(args, device, x_all, y_all, "sgd", m=args.m)
-        for impl in ("loop", "vmap"):
-            steps[f"sam_m{args.m}_{impl}"] = ours(args, device, x_all, y_all, "sam", m=args.m,
-                                                  shard_impl=impl)
+    if args.m:  # the paper recipes' shards (m=32: 8 GPUs x 32), each implementation
+        for optim in ("sgd", "sam"):
+            for impl in ("loop", "vmap"):
+                steps[f"{optim}_m{args.m}_{impl}"] = ours(args, device, x_all, y_all, optim,
+                                                          m=args.m, shard_impl=impl)
     if not args.no_reference:
         steps["reference"] = reference(args, device, x_all, y_all)
     t = median_times(steps, args, device)

@@ -88,6 +88,24 @@ def test_cuda_step_matches_cpu_float64(impl):
         torch.testing.assert_close(a, b.cpu(), rtol=0, atol=1e-12)
 
 
+def test_sgd_shards_in_one_pass_equal_the_loop_on_cuda():
+    """SGD with m < B on CUDA ("auto": one pass with per-shard BatchNorm statistics)
+    equals the shard-by-shard loop, parameters and BN buffers, float64."""
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                            torch.nn.ReLU(), torch.nn.Flatten(),
+                            torch.nn.Linear(4 * 6 * 6, 3)).double().to(DEV)
+    b = copy.deepcopy(a)
+    x = torch.randn(16, 3, 8, 8, dtype=torch.float64, device=DEV)
+    y = torch.randint(0, 3, (16,), device=DEV)
+    for net, impl in ((a, "loop"), (b, "auto")):
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        sam_step(net, opt, F.cross_entropy, x, y, m=4, shard_impl=impl)
+    for ta, tb in zip([*a.parameters(), *a.buffers()], [*b.parameters(), *b.buffers()],
+                      strict=True):
+        torch.testing.assert_close(ta, tb, rtol=0, atol=1e-12)
+
+
 def test_dropout_masks_replayed_on_cuda():
     model = wrn()
     outs = []

@@ -328,8 +328,11 @@ def test_sam_step_with_sgd_is_plain_sgd() -> None:
         torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("impl", ["vmap", "loop"])  # vmap: one pass (ghost_batchnorm)
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("m", [2, 4, 8])
-def test_sgd_with_shards_is_ghost_batchnorm_data_parallel(m: int) -> None:
+def test_sgd_with_shards_is_ghost_batchnorm_data_parallel(m: int, channels_last: bool,
+                                                          impl: str) -> None:
     """SGD with m < B: k = B/m accelerators of m examples without synchronised BatchNorm.
     Reference: each shard on its own copy from the same start (float64 autograd), the
     gradients and BN running statistics averaged, then the Nesterov step by hand; m = B
@@ -346,7 +349,10 @@ def test_sgd_with_shards_is_ghost_batchnorm_data_parallel(m: int) -> None:
     g = {k: torch.stack([gi[k] for gi in grads]).mean(0) for k in w0}
     expected = nesterov_first_step(w0, g)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOM, nesterov=True, weight_decay=WD)
-    sam_step(model, opt, F.cross_entropy, x, y, m=m)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    sam_step(model, opt, F.cross_entropy, x, y, m=m, shard_impl=impl)
     for k, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-12)
     bn = model[1]

@@ -91,7 +91,8 @@ def test_gpu_check_dry_run_delivers_every_result_to_out(tmp_path):
         assert ratio is None if step.endswith(("compile", "m32")) else ratio > 0
     shards = json.loads(files[f"bench_{stamp}_wrn28_10_m32.json"].read_text())  # m=8 (dry)
     assert shards["m"] == 8
-    assert all(shards["step_s"][k] > 0 for k in ("sgd_m8", "sam_m8_loop", "sam_m8_vmap"))
+    assert all(shards["step_s"][f"{optim}_m8_{impl}"] > 0
+               for optim in ("sgd", "sam") for impl in ("loop", "vmap"))
     train = json.loads(files[f"bench_{stamp}_sam_train.json"].read_text())
     assert train["status"] == "complete" and len(train["history"]) == 2
     rows = json.loads(files[f"bench_{stamp}_msharpness.json"].read_text())["rows"]
