@@ -221,23 +221,31 @@ def seed_rank(seed: int) -> None:
         torch.manual_seed(((seed + 1) * 1_000_003 + r) % 2**63)
 
 
+def rng_state(device: torch.device) -> dict[str, Tensor | None]:
+    """This process's torch RNG state: the CPU generator and ``device``'s CUDA one."""
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def set_rng_state(state: dict[str, Tensor | None], device: torch.device) -> None:
+    """Put back an ``rng_state`` (the CUDA part only on a CUDA device)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def rng_states(device: torch.device) -> list[dict] | None:
-    """Every rank's torch RNG state (for the checkpoint); None outside a process group."""
+    """Every rank's ``rng_state`` (for the checkpoint); None outside a process group."""
     if not is_distributed():
         return None
-    state = {"cpu": torch.get_rng_state(),
-             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    return all_gather_object(state)
+    return all_gather_object(rng_state(device))
 
 
 def restore_rng(states: list[dict] | None, device: torch.device) -> None:
     """Set this rank's RNG from ``rng_states`` of a checkpoint of the same world size."""
     if not is_distributed() or not states or len(states) != world_size():
         return
-    own = states[rank()]
-    torch.set_rng_state(own["cpu"])
-    if device.type == "cuda" and own.get("cuda") is not None:
-        torch.cuda.set_rng_state(own["cuda"], device)
+    set_rng_state(states[rank()], device)
 
 
 def wrap(model: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:

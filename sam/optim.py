@@ -361,13 +361,16 @@ def sam_step(
     ``sync_ascent`` has no effect outside DDP.
     """
     optimizer.zero_grad(set_to_none=True)
+    batch = inputs.shape[0]
+    m = batch if m is None else m
+    if m <= 0 or batch % m:
+        raise ValueError(f"m={m} must divide the batch size {batch}")
+    shards = batch // m
+    sam = optimizer if isinstance(optimizer, SAM) else None
     ddp = model if _in_process_group(model) else None
     with ddp.no_sync() if ddp is not None else nullcontext():
-        if not isinstance(optimizer, SAM):
-            m = inputs.shape[0] if m is None else m
-            if m <= 0 or inputs.shape[0] % m:
-                raise ValueError(f"m={m} must divide the batch size {inputs.shape[0]}")
-            if m == inputs.shape[0]:
+        if sam is None:
+            if shards == 1:
                 loss, out = _forward_backward(model, loss_fn, inputs, targets, amp_dtype,
                                               scaler)
             elif shard_impl == "loop" or (shard_impl == "auto" and inputs.device.type == "cpu"):
@@ -376,37 +379,30 @@ def sam_step(
                 loss, out = _shards(model, optimizer, inputs, targets, m, lambda xs, ys:
                                     _forward_backward(model, loss_fn, xs, ys, amp_dtype, scaler))
             else:  # the same in one pass: BatchNorm computes per-shard statistics
-                with ghost_batchnorm(model, inputs.shape[0] // m):
+                with ghost_batchnorm(model, shards):
                     loss, out = _forward_backward(model, loss_fn, inputs, targets, amp_dtype,
                                                   scaler)
-            if ddp is not None:
-                _average_across_ranks(ddp, optimizer, with_bn=True)
-            _base_step(optimizer, scaler, None)
-            return (loss, out) if return_outputs else loss
-        if scaler is not None and any(g["l2"] for g in optimizer.param_groups):
-            raise ValueError("GradScaler with wd_mode='loss' is not supported; use bf16 or "
-                             "'base'")
-        batch = inputs.shape[0]
-        m = batch if m is None else m
-        if m <= 0 or batch % m:
-            raise ValueError(f"m={m} must divide the batch size {batch}")
-        shards = batch // m
-        ascent_sync = ddp if sync_ascent else None
-        if ascent_sync is not None and shards > 1:
-            raise ValueError(f"sync_ascent averages the ascent over the ranks: it needs one "
-                             f"shard per rank (m=None), got m={m} for a local batch of {batch}")
-        if shards == 1:
-            loss, out = _sam_shard(model, optimizer, loss_fn, inputs, targets, amp_dtype, scaler,
-                                   ascent_sync)
-        elif _vmap_wanted(shard_impl, optimizer, inputs.device, shards, scaler):
-            loss, out = _sam_shards_vmap_or_loop(model, optimizer, loss_fn, inputs, targets, m,
-                                                 amp_dtype, scaler, shard_impl)
         else:
-            loss, out = _sam_shards(model, optimizer, loss_fn, inputs, targets, m, amp_dtype,
-                                    scaler)
+            if scaler is not None and any(g["l2"] for g in sam.param_groups):
+                raise ValueError("GradScaler with wd_mode='loss' is not supported; use bf16 "
+                                 "or 'base'")
+            ascent_sync = ddp if sync_ascent else None
+            if ascent_sync is not None and shards > 1:
+                raise ValueError(f"sync_ascent averages the ascent over the ranks: it needs "
+                                 f"one shard per rank (m=None), got m={m} for a local batch "
+                                 f"of {batch}")
+            if shards == 1:
+                loss, out = _sam_shard(model, sam, loss_fn, inputs, targets, amp_dtype,
+                                       scaler, ascent_sync)
+            elif _vmap_wanted(shard_impl, sam, inputs.device, shards, scaler):
+                loss, out = _sam_shards_vmap_or_loop(model, sam, loss_fn, inputs, targets, m,
+                                                     amp_dtype, scaler, shard_impl)
+            else:
+                loss, out = _sam_shards(model, sam, loss_fn, inputs, targets, m, amp_dtype,
+                                        scaler)
         if ddp is not None:
             _average_across_ranks(ddp, optimizer, with_bn=True)
-    _base_step(optimizer, scaler, optimizer)
+    _base_step(optimizer, scaler, sam)
     return (loss, out) if return_outputs else loss
 
 
@@ -534,6 +530,7 @@ def _sam_shards_vmap_or_loop(model, optimizer, loss_fn, x, y, m, amp_dtype, scal
         rng.replay()
         return _sam_shards(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler)
 
+
 def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype) -> tuple[Tensor, Tensor]:
     """m-sharpness with all k shards at once (torch.func.vmap over the shard axis): the
     same math as the loop, per-shard g_i, eps_i and grad L_i(w + eps_i), in two batched
@@ -563,31 +560,30 @@ def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype) -> tuple[Ten
     clean = vmap(grad(shard_loss, has_aux=True), in_dims=(None, buffer_dims, 0, 0),
                  randomness="different")
     g, (losses, outs) = clean(params, shard_buffers, xs, ys)
-    perturbed = _shard_perturbed(optimizer, named, params, g, k)
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    groups = {n: group_of[id(p)] for n, p in named}
+    perturbed = _shard_perturbed(groups, params, g, k)
     rng.replay()
     with frozen_bn_stats(model):
         descent = vmap(grad(shard_loss, has_aux=True), in_dims=(0, None, 0, 0),
                        randomness="different")
         h, _ = descent(perturbed, buffers, xs, ys)
-    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     with torch.no_grad():
         for n, b in buffers.items():
             if id(b) in tracked:
                 b.copy_(shard_buffers[n].double().mean(0) if b.is_floating_point()
                         else shard_buffers[n][0])
         for n, p in named:
-            l2 = group_of[id(p)]["l2"]
+            l2 = groups[n]["l2"]
             p.grad = h[n].mean(0) + l2 * perturbed[n].mean(0) if l2 else h[n].mean(0)
     return losses.mean(), outs.reshape(-1, *outs.shape[2:])
 
 
-def _shard_perturbed(optimizer: SAM, named, params: dict[str, Tensor],
+def _shard_perturbed(groups: dict[str, dict], params: dict[str, Tensor],
                      grads: dict[str, Tensor], k: int) -> dict:
     """w + eps_i for each shard i (leading axis k), with SAM.first_step's formulas and
-    the L2 norm taken per shard over all parameters. ``named`` gives each parameter's
-    group, ``params`` its (contiguous) value."""
-    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
-    groups = {n: group_of[id(p)] for n, p in named}
+    the L2 norm taken per shard over all parameters. ``groups`` gives each parameter's
+    optimizer group, ``params`` its (contiguous) value."""
     ascent, scales = {}, {}
     w0 = next(iter(params.values()))
     sq = torch.zeros(k, device=w0.device, dtype=w0.dtype)

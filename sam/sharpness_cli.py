@@ -15,7 +15,6 @@ directory) and prints a short summary. Options: configs/sharpness.yaml.
 from __future__ import annotations
 
 import math
-import platform
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ from sam.errors import UserError
 from sam.measure import check_settings, fixed_subset, measure, vector_dtype
 from sam.results import RESULTS_FILE, load_checkpoint, read_json, write_json
 from sam.sharpness import plot_density
-from sam.train import load_splits, resolve_device
+from sam.train import device_name, load_splits, resolve_device
 
 OUTPUT_FILE = "sharpness.json"
 DENSITY_FILE = "hessian_density.png"
@@ -107,8 +106,7 @@ def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
                         "mode": cfg.m_sharpness.mode,
                         "values": {str(m): _num(v) for m, v in r["m_sharpness"].items()}},
         "density": density,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_name(device),
         "wall_time_s": time.perf_counter() - t0,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": {"sam": sam.__version__, "torch": torch.__version__},

@@ -213,13 +213,12 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def amp_settings(cfg: DictConfig, device: torch.device):
-    """(autocast dtype or None, GradScaler or None) for cfg.amp on this device."""
+    """(autocast dtype or None, GradScaler or None) for cfg.amp on this device (``validate``
+    has refused fp16 off CUDA)."""
     amp = cfg.amp
     if amp == "auto":
         amp = "bf16" if device.type == "cuda" else "off"
     if amp == "fp16":
-        if device.type != "cuda":
-            raise UserError("amp=fp16 needs CUDA: use amp=bf16 or amp=off on cpu")
         return torch.float16, torch.amp.GradScaler("cuda")
     return (torch.bfloat16 if amp == "bf16" else None), None
 
@@ -335,7 +334,8 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or "cpu (<processor>, <N> threads)"."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -400,7 +400,7 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
         "summary": _summary(cfg, choices or {}, data.name, data.eval_split),
         "overrides": list(overrides or []), "config": config, "data_source": data.source,
         "history": [], "final": None, "wall_time_s": 0.0, "images_per_sec": None,
-        "device": _device_name(device), "versions": _versions(),
+        "device": device_name(device), "versions": _versions(),
         "started_at": _now(), "updated_at": _now(),
     }
     if distributed.is_distributed():
@@ -532,9 +532,7 @@ def _checkpoint(net, optimizer, scheduler, scaler, epoch: int, config: dict, res
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch, "config": config, "history": results["history"],
         "wall_time_s": results["wall_time_s"], "started_at": results["started_at"],
-        "rng": {"cpu": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-        "rng_ranks": rng_ranks,
+        "rng": distributed.rng_state(device), "rng_ranks": rng_ranks,
     }
 
 
@@ -545,9 +543,7 @@ def _restore(state: dict, net, optimizer, scheduler, scaler, device: torch.devic
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["cpu"])
-    if device.type == "cuda" and state["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    distributed.set_rng_state(state["rng"], device)
     distributed.restore_rng(state.get("rng_ranks"), device)
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sam import SAM, sam_step  # noqa: E402
 from sam.data import DeviceLoader  # noqa: E402
 from sam.models import build_model  # noqa: E402
-from sam.train import EpochMeter  # noqa: E402
+from sam.results import write_json  # noqa: E402
+from sam.train import EpochMeter, device_name  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 Step = Callable[[], None]  # one training step of a pipeline, timed by the caller
@@ -346,14 +346,12 @@ def main() -> None:
     if not args.no_reference:
         steps["reference"] = reference(args, device, x_all, y_all)
     t = median_times(steps, args, device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    name = device_name(device)
     out = results(args, name, t)
     print_table(args, out)
     print(json.dumps(out))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -21,6 +20,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sam import SAM, sam_step  # noqa: E402
 from sam.models import build_model  # noqa: E402
+from sam.results import write_json  # noqa: E402
+from sam.train import device_name  # noqa: E402
 
 
 def main() -> None:
@@ -66,8 +67,7 @@ def main() -> None:
             times[case].append(seconds(*case))
     median = {c: statistics.median(t) for c, t in times.items()}
     plain = median[(args.batch, "loop")] if (args.batch, "loop") in median else None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    name = device_name(device)
     print(f"{name}  torch {torch.__version__}  {args.model}  batch {args.batch}")
     print(f"{'m':>5}{'loop ms':>10}{'vmap ms':>10}{'best/plain SAM':>16}")
     rows = []
@@ -82,8 +82,7 @@ def main() -> None:
            "batch": args.batch, "rows": rows}
     print(json.dumps(out))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":
