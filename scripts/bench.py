@@ -115,12 +115,12 @@ def ours(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
     loader = DeviceLoader(x_all, y_all, args.batch, device, MEAN, STD, augment="basic")
     amp = torch.bfloat16 if cuda else None
     batches = endless(loader)
-    meter = EpochMeter(device, check_every=1)
+    meter = EpochMeter(device, check_every=1) if loop else None
 
     def step() -> None:
         x, y = next(batches)
         x = x.contiguous(memory_format=torch.channels_last)
-        if not loop:
+        if meter is None:
             sam_step(net, opt, F.cross_entropy, x, y, m=m, amp_dtype=amp, shard_impl=shard_impl)
             return
         loss, out = sam_step(net, opt, F.cross_entropy, x, y, m=m, amp_dtype=amp,
