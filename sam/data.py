@@ -278,11 +278,6 @@ def apply_cutout(x: Tensor, cy: Tensor, cx: Tensor, size: int = 16) -> Tensor:
     return x.masked_fill(box, 0)
 
 
-def cutout(x: Tensor, generator: torch.Generator, size: int = 16) -> Tensor:
-    """Cutout (DeVries & Taylor 2017): one random size x size zero square per image."""
-    return apply_cutout(x, *cutout_params(len(x), *x.shape[-2:], generator), size=size)
-
-
 def _seed(*parts: int) -> int:
     """A 63-bit seed from integers, e.g. (seed, epoch), with no collisions in practice."""
     digest = hashlib.sha256(repr(parts).encode()).digest()

@@ -280,6 +280,21 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
             bn.track_running_stats = True
 
 
+@contextmanager
+def fp32_batchnorm_inputs(model: nn.Module) -> Iterator[None]:
+    """Within the block every BatchNorm layer casts its input to float32 (under autocast
+    it normalises in float32 anyway; only its output stays float32 too). vmap's BatchNorm
+    rule with per-shard running statistics rejects a bf16/fp16 input beside float32
+    statistics, so the batched m-sharpness passes need this under autocast."""
+    handles = [bn.register_forward_pre_hook(lambda _, args: (args[0].float(), *args[1:]))
+               for bn in _batch_norms(model)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class _RngReplay:
     """Snapshot of the RNG of a device, to replay the same dropout/shake draws."""
 
@@ -557,17 +572,18 @@ def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype) -> tuple[Ten
         return loss, (loss.detach(), out.detach())
 
     rng = _RngReplay(x.device)
-    clean = vmap(grad(shard_loss, has_aux=True), in_dims=(None, buffer_dims, 0, 0),
-                 randomness="different")
-    g, (losses, outs) = clean(params, shard_buffers, xs, ys)
-    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
-    groups = {n: group_of[id(p)] for n, p in named}
-    perturbed = _shard_perturbed(groups, params, g, k)
-    rng.replay()
-    with frozen_bn_stats(model):
-        descent = vmap(grad(shard_loss, has_aux=True), in_dims=(0, None, 0, 0),
-                       randomness="different")
-        h, _ = descent(perturbed, buffers, xs, ys)
+    with fp32_batchnorm_inputs(model) if amp_dtype is not None else nullcontext():
+        clean = vmap(grad(shard_loss, has_aux=True), in_dims=(None, buffer_dims, 0, 0),
+                     randomness="different")
+        g, (losses, outs) = clean(params, shard_buffers, xs, ys)
+        group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+        groups = {n: group_of[id(p)] for n, p in named}
+        perturbed = _shard_perturbed(groups, params, g, k)
+        rng.replay()
+        with frozen_bn_stats(model):
+            descent = vmap(grad(shard_loss, has_aux=True), in_dims=(0, None, 0, 0),
+                           randomness="different")
+            h, _ = descent(perturbed, buffers, xs, ys)
     with torch.no_grad():
         for n, b in buffers.items():
             if id(b) in tracked:

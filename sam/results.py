@@ -16,7 +16,8 @@ results.json of one run (errors are percentages, 0-100):
                     sharpness_trace, sharpness_trace_stderr, sharpness_m_sharpness,
                     sharpness_time_s on the measured epochs (sam/measure.py)
     final           the last epoch's metrics (never the best epoch) or null
-    wall_time_s, images_per_sec, device, versions, started_at, updated_at
+    wall_time_s, images_per_sec, device, precision (bf16/fp16 autocast or fp32: what
+                    amp resolved to), versions, started_at, updated_at
 """
 
 from __future__ import annotations

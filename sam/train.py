@@ -212,15 +212,29 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     return instantiate(optim_cfg)(model.parameters())
 
 
-def amp_settings(cfg: DictConfig, device: torch.device):
-    """(autocast dtype or None, GradScaler or None) for cfg.amp on this device (``validate``
-    has refused fp16 off CUDA)."""
-    amp = cfg.amp
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively (not emulated): a CUDA card with bf16
+    units (Ampere and later), or a CPU with AVX512-BF16 or AMX instructions."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported()
+                                     or torch.cpu._is_amx_tile_supported())
+
+
+def amp_settings(amp: str, device: torch.device):
+    """(autocast dtype or None, GradScaler or None) for the ``amp`` setting (auto, bf16,
+    fp16, off) on this device (``validate`` has refused fp16 off CUDA); auto is bf16 where
+    the device computes it natively, else fp32."""
     if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "off"
+        amp = "bf16" if native_bf16(device) else "off"
     if amp == "fp16":
         return torch.float16, torch.amp.GradScaler("cuda")
     return (torch.bfloat16 if amp == "bf16" else None), None
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """The training precision as results.json records it: bf16, fp16 (autocast) or fp32."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32")
 
 
 class EpochMeter:
@@ -394,13 +408,14 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     steps = len(data.train)
     scheduler = instantiate(cfg.schedule)(optimizer, total_steps=cfg.epochs * steps,
                                           steps_per_epoch=steps)
-    amp_dtype, scaler = amp_settings(cfg, device)
+    amp_dtype, scaler = amp_settings(cfg.amp, device)
     results = {
         "schema_version": SCHEMA_VERSION, "status": "running", "error": None,
         "summary": _summary(cfg, choices or {}, data.name, data.eval_split),
         "overrides": list(overrides or []), "config": config, "data_source": data.source,
         "history": [], "final": None, "wall_time_s": 0.0, "images_per_sec": None,
-        "device": device_name(device), "versions": _versions(),
+        "device": device_name(device), "precision": precision_name(amp_dtype),
+        "versions": _versions(),
         "started_at": _now(), "updated_at": _now(),
     }
     if distributed.is_distributed():

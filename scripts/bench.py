@@ -45,7 +45,7 @@ from sam import SAM, sam_step  # noqa: E402
 from sam.data import DeviceLoader  # noqa: E402
 from sam.models import build_model  # noqa: E402
 from sam.results import write_json  # noqa: E402
-from sam.train import EpochMeter, device_name  # noqa: E402
+from sam.train import EpochMeter, amp_settings, device_name, precision_name  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 Step = Callable[[], None]  # one training step of a pipeline, timed by the caller
@@ -104,7 +104,6 @@ def ours(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
     the training loop's per-step bookkeeping (sam.train.EpochMeter, checking every step);
     ``m``: shards of m examples (own BatchNorm statistics; SAM: own eps), run by
     ``shard_impl``."""
-    cuda = device.type == "cuda"
     model = make_model(args.model, device, channels_last=True)
     net = torch.compile(model) if args.compile else model
     kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -113,7 +112,7 @@ def ours(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
     else:
         opt = torch.optim.SGD(model.parameters(), foreach=True, **kw)
     loader = DeviceLoader(x_all, y_all, args.batch, device, MEAN, STD, augment="basic")
-    amp = torch.bfloat16 if cuda else None
+    amp, _ = amp_settings(args.amp, device)
     batches = endless(loader)
     meter = EpochMeter(device, check_every=1) if loop else None
 
@@ -133,7 +132,7 @@ def ours(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
 def bare_fwdbwd(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
                 y_all: torch.Tensor) -> Step:
     """One bare forward+backward on a fixed, ready batch (same precision as ours)."""
-    cuda = device.type == "cuda"
+    amp, _ = amp_settings(args.amp, device)
     model = make_model(args.model, device, channels_last=True)
     net = torch.compile(model) if args.compile else model
     x = ((x_all[: args.batch].float() / 255 - torch.tensor(MEAN).view(3, 1, 1))
@@ -142,7 +141,7 @@ def bare_fwdbwd(args: argparse.Namespace, device: torch.device, x_all: torch.Ten
     y = y_all[: args.batch].to(device)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             loss = F.cross_entropy(net(x), y)
         loss.backward()
         model.zero_grad(set_to_none=True)
@@ -237,7 +236,8 @@ def results(args: argparse.Namespace, name: str, t: dict[str, float]) -> dict:
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": name,
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "model": args.model, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
-        "compile": args.compile, "m": args.m,
+        "compile": args.compile, "m": args.m, "amp": args.amp,
+        "precision": precision_name(amp_settings(args.amp, torch.device(args.device))[0]),
         "step_s": t,
         "images_per_s": images_per_s,
         "sam_over_sgd": t["sam"] / t["sgd"],
@@ -253,7 +253,7 @@ def print_table(args: argparse.Namespace, out: dict) -> None:
     """The human-readable table of ``results``."""
     t, epoch_s = out["step_s"], out["epoch_s"]
     print(f"{out['device']}  torch {torch.__version__}  model {args.model}  batch {args.batch}"
-          f"{'  compiled' if args.compile else ''}")
+          f"  precision {out['precision']}{'  compiled' if args.compile else ''}")
     print(f"{'pipeline':<12}{'step ms':>10}{'images/s':>12}{'epoch s':>10}"
           f"   (median of {args.rounds} rounds; epoch = {CIFAR_TRAIN_IMAGES} images)")
     for k, v in t.items():
@@ -277,7 +277,8 @@ def summary_row(out: dict) -> str:
     epoch = epoch_seconds(ips)["sam"]
     ref = out.get("reference_over_ours_sam")
     cells = [out["date"][:10], out["device"], f"{out['model']}, {out['batch']}",
-             "yes" if out.get("compile") else "no", f"{ips['sam']:.0f}", f"{epoch:.1f} s",
+             out.get("precision", "-"), "yes" if out.get("compile") else "no",
+             f"{ips['sam']:.0f}", f"{epoch:.1f} s",
              f"{PAPER_EPOCHS * epoch / 3600:.2f} h", f"{out['sam_over_sgd']:.3f}",
              f"{ref:.2f}x" if ref else "-"]
     return "| " + " | ".join(cells) + " |"
@@ -285,7 +286,7 @@ def summary_row(out: dict) -> str:
 
 def summarize(paths: list[Path]) -> str:
     """A markdown table of the bench.py JSONs among ``paths`` (others are skipped)."""
-    header = ["date", "device", "model, batch", "compile", "ours SAM img/s",
+    header = ["date", "device", "model, batch", "precision", "compile", "ours SAM img/s",
               "epoch (SAM)", f"{PAPER_EPOCHS} epochs", "SAM/SGD step", "ours vs reference"]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for path in paths:
@@ -311,6 +312,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
+                   help="our pipelines' precision, as sam-train's amp (the reference: fp32)")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--m", type=int, default=None,
                    help="also time SGD and SAM (loop, vmap) with shards of m examples")

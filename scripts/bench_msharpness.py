@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sam import SAM, sam_step  # noqa: E402
 from sam.models import build_model  # noqa: E402
 from sam.results import write_json  # noqa: E402
-from sam.train import device_name  # noqa: E402
+from sam.train import amp_settings, device_name, precision_name  # noqa: E402
 
 
 def main() -> None:
@@ -32,6 +32,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
+                   help="precision, as sam-train's amp")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     device = torch.device(args.device)
@@ -44,7 +46,7 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 32, 32, device=device).contiguous(
         memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,), device=device)
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    amp, _ = amp_settings(args.amp, device)
 
     def seconds(m: int, impl: str) -> float:
         step = lambda: sam_step(model, opt, F.cross_entropy, x, y, m=m, amp_dtype=amp,  # noqa: E731
@@ -68,7 +70,8 @@ def main() -> None:
     median = {c: statistics.median(t) for c, t in times.items()}
     plain = median[(args.batch, "loop")] if (args.batch, "loop") in median else None
     name = device_name(device)
-    print(f"{name}  torch {torch.__version__}  {args.model}  batch {args.batch}")
+    print(f"{name}  torch {torch.__version__}  {args.model}  batch {args.batch}"
+          f"  precision {precision_name(amp)}")
     print(f"{'m':>5}{'loop ms':>10}{'vmap ms':>10}{'best/plain SAM':>16}")
     rows = []
     for m in ms:
@@ -79,7 +82,7 @@ def main() -> None:
               f"{ratio:>16.2f}")
         rows.append({"m": m, "loop_s": loop, "vmap_s": vm, "best_over_plain_sam": ratio})
     out = {"device": name, "torch": torch.__version__, "model": args.model,
-           "batch": args.batch, "rows": rows}
+           "batch": args.batch, "amp": args.amp, "precision": precision_name(amp), "rows": rows}
     print(json.dumps(out))
     if args.json:
         write_json(args.json, out)

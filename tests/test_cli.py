@@ -14,6 +14,8 @@ import pytest
 import torch
 from cifar_files import write_fake_cifar10
 
+from sam.train import amp_settings
+
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 ENV.pop("HYDRA_FULL_ERROR", None)
 SMALL = ["dataset=synthetic", "model=resnet20", "batch_size=32", "dataset.train_size=128",
@@ -32,6 +34,21 @@ def results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether /proc/cpuinfo lists AVX512-BF16 or AMX tiles (bf16 in hardware)."""
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    return bool(flags & {"avx512_bf16", "amx_tile"})
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="needs /proc/cpuinfo")
+def test_amp_auto_is_bf16_exactly_where_the_cpu_computes_it_natively():
+    cpu = torch.device("cpu")
+    assert amp_settings("auto", cpu) == ((torch.bfloat16 if cpu_has_native_bf16() else None),
+                                         None)
+    assert amp_settings("off", cpu) == (None, None)
+    assert amp_settings("bf16", cpu) == (torch.bfloat16, None)
+
+
 def test_run_writes_results_tensorboard_checkpoint_then_is_complete(tmp_path):
     run_dir = tmp_path / "run"
     sam_train(*SMALL, "epochs=2", f"hydra.run.dir={run_dir}")
@@ -42,6 +59,7 @@ def test_run_writes_results_tensorboard_checkpoint_then_is_complete(tmp_path):
     assert r["summary"]["optim"] == "sam" and r["summary"]["rho"] == 0.05
     assert r["summary"]["model"] == "resnet20" and r["summary"]["dataset"] == "synthetic"
     assert r["config"]["optim"]["rho"] == 0.05 and r["images_per_sec"] > 0
+    assert r["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")  # amp=auto
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     hydra_dir = run_dir / ".hydra"  # Hydra's record, written by run() after its checks
     assert "epochs=2" in (hydra_dir / "overrides.yaml").read_text()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,10 @@ def test_bench_runs_on_cpu_and_reports_ratios(tmp_path):
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--model", "resnet20",
                     "--batch", "16", "--steps", "2", "--warmup", "1", "--rounds", "1",
-                    "--workers", "0", "--device", "cpu", "--json", str(out)], check=True, env=ENV,
-                   capture_output=True, timeout=300)
+                    "--workers", "0", "--device", "cpu", "--amp", "bf16", "--json", str(out)],
+                   check=True, env=ENV, capture_output=True, timeout=300)
     result = json.loads(out.read_text())
+    assert result["amp"] == "bf16" and result["precision"] == "bf16"
     for key in ("sgd", "sam", "sam_loop", "fwdbwd", "reference"):
         assert result["step_s"][key] > 0
     assert result["sam_over_sgd"] == result["step_s"]["sam"] / result["step_s"]["sgd"]
@@ -41,7 +43,8 @@ def test_bench_summarizes_saved_json_into_readme_rows():
                           check=True, env=ENV, capture_output=True, text=True, timeout=120)
     rows = proc.stdout.strip().splitlines()
     assert len(rows) == 3 and rows[0].startswith("| date | device |")
-    assert rows[2].endswith("| resnet20, 128 | no | 272 | 183.6 s | 10.20 h | 1.983 | 1.38x |")
+    # precision "-": recorded only from session 3 on (that run was fp32)
+    assert rows[2].endswith("| resnet20, 128 | - | no | 272 | 183.6 s | 10.20 h | 1.983 | 1.38x |")
 
 
 def test_bench_msharpness_runs_on_cpu(tmp_path):
@@ -101,7 +104,7 @@ def test_gpu_check_dry_run_delivers_every_result_to_out(tmp_path):
     assert "## outcome" in text and text.rstrip().endswith("0 step(s) failed")
     for step in GPU_CHECK_STEPS:
         assert f"## {step} " in text
-    assert "| resnet20, 16 | no |" in text  # the summary table
+    assert re.search(r"\| resnet20, 16 \| (bf16|fp32) \| no \|", text)  # the summary table
     assert "sam-train epoch 2: " in text and " 200 epochs " in text
     assert not list((REPO / "benchmarks").glob("*dryrun*"))  # a temporary folder instead
     assert not list((tmp_path / "tmp").glob("gpu_check_scratch.*"))  # wheels, run removed
