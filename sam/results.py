@@ -11,13 +11,14 @@ results.json of one run (errors are percentages, 0-100):
     overrides       the Hydra task overrides of the run
     config          the fully resolved config
     history         one dict per finished epoch: epoch, train_loss, train_error,
-                    test_loss, test_error, lr, images_per_sec, epoch_time_s; with
+                    test_loss, test_error, lr, images_per_sec, epoch_time_s,
+                    precision (bf16, fp16 or fp32: what amp resolved to); with
                     sharpness.every > 0 also sharpness_lambda_max, sharpness_lambda_ratio,
                     sharpness_trace, sharpness_trace_stderr, sharpness_m_sharpness,
                     sharpness_time_s on the measured epochs (sam/measure.py)
     final           the last epoch's metrics (never the best epoch) or null
-    wall_time_s, images_per_sec, device, precision (bf16/fp16 autocast or fp32: what
-                    amp resolved to), versions, started_at, updated_at
+    wall_time_s, images_per_sec, device, precision (of the latest session), versions,
+                    started_at, updated_at
 """
 
 from __future__ import annotations

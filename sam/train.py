@@ -237,6 +237,16 @@ def precision_name(amp_dtype: torch.dtype | None) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32")
 
 
+def precision_change(history: list[dict], precision: str) -> str | None:
+    """A warning when a resumed run goes on in another precision than its last epoch had
+    (amp=auto resolves per device: bf16 where native, else fp32), else None."""
+    before = history[-1].get("precision") if history else None
+    if before is None or before == precision:
+        return None
+    return (f"resuming a run trained in {before} with {precision} on this device: its "
+            f"epochs record each precision; start a new run to keep one")
+
+
 class EpochMeter:
     """Training loss, errors and the first NaN/inf step of an epoch, kept on the device.
 
@@ -433,6 +443,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
         results.update(history=state["history"], wall_time_s=state["wall_time_s"],
                        started_at=state["started_at"])
         log.info("resuming %s from epoch %d", run_dir, start_epoch)
+        if note := precision_change(state["history"], results["precision"]):
+            log.warning(note)
     progress = _progress_enabled(cfg, multirun) and main
     if main and invocation_files:
         _write_invocation(run_dir, invocation_files, fresh=state is None)
@@ -460,7 +472,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
             metrics = {"epoch": epoch + 1, "train_loss": train_loss, "train_error": train_error,
                        "test_loss": test_loss, "test_error": test_error,
                        "lr": optimizer.param_groups[0]["lr"],
-                       "images_per_sec": seen / train_time, "epoch_time_s": epoch_time}
+                       "images_per_sec": seen / train_time, "epoch_time_s": epoch_time,
+                       "precision": results["precision"]}
             _log_epoch(writer, metrics)
             log.info("epoch %d/%d  train loss %.4f err %.2f%%  %s loss %.4f err %.2f%%  "
                      "%.0f img/s", epoch + 1, cfg.epochs, train_loss, train_error,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from cifar_files import write_fake_cifar10
 
-from sam.train import amp_settings
+from sam.train import amp_settings, precision_change
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 ENV.pop("HYDRA_FULL_ERROR", None)
@@ -49,6 +49,14 @@ def test_amp_auto_is_bf16_exactly_where_the_cpu_computes_it_natively():
     assert amp_settings("bf16", cpu) == (torch.bfloat16, None)
 
 
+def test_resuming_in_another_precision_is_named():
+    history = [{"epoch": 1, "precision": "fp32"}, {"epoch": 2, "precision": "fp32"}]
+    assert precision_change(history, "fp32") is None
+    assert "trained in fp32 with bf16" in precision_change(history, "bf16")
+    assert precision_change([{"epoch": 1}], "bf16") is None  # recorded before precision
+    assert precision_change([], "bf16") is None
+
+
 def test_run_writes_results_tensorboard_checkpoint_then_is_complete(tmp_path):
     run_dir = tmp_path / "run"
     sam_train(*SMALL, "epochs=2", f"hydra.run.dir={run_dir}")
@@ -60,6 +68,7 @@ def test_run_writes_results_tensorboard_checkpoint_then_is_complete(tmp_path):
     assert r["summary"]["model"] == "resnet20" and r["summary"]["dataset"] == "synthetic"
     assert r["config"]["optim"]["rho"] == 0.05 and r["images_per_sec"] > 0
     assert r["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")  # amp=auto
+    assert {h["precision"] for h in r["history"]} == {r["precision"]}
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     hydra_dir = run_dir / ".hydra"  # Hydra's record, written by run() after its checks
     assert "epochs=2" in (hydra_dir / "overrides.yaml").read_text()
