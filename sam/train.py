@@ -217,8 +217,10 @@ def native_bf16(device: torch.device) -> bool:
     units (Ampere and later), or a CPU with AVX512-BF16 or AMX instructions."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported()
-                                     or torch.cpu._is_amx_tile_supported())
+    # torch's own CPU-feature probes (private: a torch without them counts as no bf16)
+    probes = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return device.type == "cpu" and any(probe is not None and probe() for probe in probes)
 
 
 def amp_settings(amp: str, device: torch.device):
