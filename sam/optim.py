@@ -356,7 +356,7 @@ def sam_step(
 
     ``shard_impl`` picks how k > 1 shards run: "loop" (2k small passes), "vmap" (all
     shards in two batched passes with torch.func.vmap; the same math, per-shard
-    parameter copies in memory) or "auto": vmap when there are many shards (k >= 32 on
+    parameter copies in memory) or "auto": vmap when there are many shards (k >= 64 on
     CPU, k >= 4 on CUDA where small passes are launch-bound), the k parameter copies
     fit in 2^28 numbers and no GradScaler is used; the loop otherwise, and also when a
     layer cannot be vmapped (a warning says so once).
@@ -520,7 +520,7 @@ def _vmap_wanted(impl: str, optimizer: SAM, device: torch.device, shards: int,
     if impl != "auto":
         return impl == "vmap"
     numel = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
-    many = shards >= (4 if device.type == "cuda" else 32)
+    many = shards >= (4 if device.type == "cuda" else 64)
     return (many and shards * numel <= 2**28 and scaler is None
             and not getattr(optimizer, "vmap_failed", False))
 

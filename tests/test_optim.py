@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -428,6 +429,32 @@ def test_vmap_shards_equal_loop_over_shards(m: int) -> None:
     sam_step(model, make_sam(model), F.cross_entropy, x, y, m=m, shard_impl="vmap")
     for k, p in model.named_parameters():
         torch.testing.assert_close(p.detach(), expected[k], rtol=0, atol=1e-10)
+
+
+class _ReadsAValue(nn.Module):
+    """A layer vmap cannot batch: it reads a tensor's value in Python (.item())."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 if x.abs().max().item() > 1e9 else x
+
+
+def test_auto_shards_fall_back_to_the_loop_when_vmap_cannot_batch_a_layer() -> None:
+    """auto picks vmap for 64 one-example shards on CPU; the .item() layer makes it fail,
+    so the step warns once and runs the loop: the same result as the loop from the start
+    (nothing was changed by the failed attempt)."""
+    a = nn.Sequential(nn.Linear(5, 16), _ReadsAValue(), nn.Tanh(), nn.Linear(16, 3)).double()
+    b, c = copy.deepcopy(a), copy.deepcopy(a)
+    (x, y), opt_a, opt_b = batch(64), make_sam(a), make_sam(b)
+    with pytest.warns(UserWarning, match="vmap failed"):
+        sam_step(a, opt_a, F.cross_entropy, x, y, m=1, shard_impl="auto")
+    sam_step(b, opt_b, F.cross_entropy, x, y, m=1, shard_impl="loop")
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: later steps go straight to the loop
+        sam_step(a, opt_a, F.cross_entropy, x, y, m=1, shard_impl="auto")
+    with pytest.raises(RuntimeError):  # asked for by name, vmap's failure is the user's
+        sam_step(c, make_sam(c), F.cross_entropy, x, y, m=1, shard_impl="vmap")
 
 
 @pytest.mark.parametrize("kw", [{}, {"adaptive": True}, {"p": float("inf")},
