@@ -1,7 +1,9 @@
 """Step-time benchmark, all in ONE process so the ratios compare like with like.
 
 Measures, for one model and batch size:
-  sgd        our SGD step: device-resident data, batched augmentation, sam_step
+  sgd        our SGD step: device-resident data, batched augmentation, sam_step, at
+             sam-train's precision (--amp, default auto: bf16 where the device computes
+             it natively, else fp32)
   sam        our SAM step (same pipeline)
   sam_loop   the SAM step as sam-train's loop runs it: outputs kept, loss and error
              summed on the device, and the NaN/inf check after every step
