@@ -293,6 +293,15 @@ def shard_m(run: dict[str, Any]) -> int | None:
     return None if m is not None and m == summary.get("batch_size") else m
 
 
+def run_precision(run: dict[str, Any]) -> str:
+    """The precision a run trained in: its epochs' records in order ("fp32 then bf16" when
+    it was resumed on a device that resolved amp=auto differently), else the run's own
+    record, else "unrecorded" (results.json written before precision was recorded)."""
+    epochs = [h.get("precision") for h in run.get("history") or []]
+    seen = list(dict.fromkeys(p for p in epochs if p))
+    return " then ".join(seen) if seen else run.get("precision") or "unrecorded"
+
+
 def sam_setting(run: dict[str, Any]) -> Setting:
     """(rho, m) of a SAM run (m as in ``shard_m``)."""
     return run["summary"].get("rho"), shard_m(run)
@@ -401,7 +410,8 @@ def _cells(complete: list[dict]) -> dict[tuple[Any, ...], list[dict]]:
 
 
 def warnings_for(complete: list[dict]) -> list[str]:
-    """Cells that mix settings other than the seed (lr, batch size, ...) or repeat a seed."""
+    """Cells that mix settings other than the seed (lr, batch size, precision, ...) or
+    repeat a seed."""
     notes: list[str] = []
     for (key, optim, setting), runs in _cells(complete).items():
         where = f"{'/'.join(map(str, key))} {optim}" + (
@@ -411,6 +421,9 @@ def warnings_for(complete: list[dict]) -> list[str]:
             values = {str(r["summary"].get(name)) for r in runs}
             if len(values) > 1:
                 notes.append(f"{where}: mixes {name} = {', '.join(sorted(values))}")
+        precisions = {run_precision(r) for r in runs}
+        if len(precisions) > 1:
+            notes.append(f"{where}: mixes precision = {', '.join(sorted(precisions))}")
         shards = {_m_text(shard_m(r)) for r in runs}  # SGD cells: BatchNorm shard sizes
         if len(shards) > 1:
             notes.append(f"{where}: mixes m (BatchNorm shards) = {', '.join(sorted(shards))}")

@@ -18,7 +18,7 @@ from sam.report import (
     t_interval,
     t_quantile,
 )
-from sam.results import write_json
+from sam.results import read_json, write_json
 
 T_975_2 = 4.302652729749464  # t_{0.975, 2}, from tables
 SETTING = {"dataset": "cifar10", "model": "wrn28_10", "augment": "basic", "epochs": 200}
@@ -39,6 +39,7 @@ def write_run(
     error: str | None = None,
     epochs: int = 200,
     history: bool = False,
+    precision: str | None = None,
     **setting: Any,
 ) -> Path:
     """One results.json in root/name following the schema of sam.results."""
@@ -72,6 +73,8 @@ def write_run(
         "history": rows,
         "final": final,
     }
+    if precision is not None:
+        run["precision"] = precision
     path = root / name / "results.json"
     write_json(path, run)
     return path
@@ -260,6 +263,24 @@ def test_sgd_cell_mixing_batchnorm_shards_is_warned(tmp_path: Path, capsys) -> N
     assert main([str(tmp_path)]) == 0
     assert "cifar10/wrn28_10/basic/200 sgd: mixes m (BatchNorm shards) = 32, B" in \
         capsys.readouterr().out
+
+
+def test_cell_mixing_precisions_is_warned(tmp_path: Path, capsys) -> None:
+    """bf16 and fp32 runs of one cell are named, so is a run resumed in another precision
+    (its epochs' records) and one written before precision was recorded."""
+    write_run(tmp_path, "a", "sgd", 0, 3.0, precision="bf16")
+    write_run(tmp_path, "b", "sgd", 1, 3.2, precision="bf16")
+    write_run(tmp_path, "c", "sam", 0, 2.6, rho=0.05, precision="bf16")
+    write_run(tmp_path, "d", "sam", 1, 2.7, rho=0.05)
+    resumed = write_run(tmp_path, "e", "sam", 2, 2.8, rho=0.05, precision="bf16")
+    run = read_json(resumed)
+    run["history"] = [{"epoch": 1, "precision": "fp32"}, {"epoch": 2, "precision": "bf16"}]
+    write_json(resumed, run)
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "sgd: mixes precision" not in printed
+    assert ("cifar10/wrn28_10/basic/200 sam rho=0.05 m=B: mixes precision = bf16, "
+            "fp32 then bf16, unrecorded") in printed
 
 
 def test_paper_table1_values() -> None:
