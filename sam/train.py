@@ -52,6 +52,12 @@ RESUME_FREE_KEYS = ("device", "progress", "data_dir", "compile", "nan_check_ever
                     "dataset.verify", "dataset.fallback_synthetic", "sharpness")
 
 
+# What the trainer does with a config, numbered; checkpoints record it, and a resume across
+# a change that alters how its config trains is refused (_refuse_changed_semantics).
+#   1: the first version.  2: m applies to plain optimizers too (BatchNorm shards).
+SEMANTICS = 2
+
+
 class Diverged(Exception):
     """The training loss became NaN or inf at (epoch, step), both counted from 1."""
 
@@ -440,6 +446,7 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
         log.warning(note)
     if state is not None:
         _refuse_other_config(state["config"], config, run_dir)
+        _refuse_changed_semantics(state, cfg, run_dir)
         _restore(state, net, optimizer, scheduler, scaler, device)
         start_epoch = state["epoch"]
         results.update(history=state["history"], wall_time_s=state["wall_time_s"],
@@ -552,6 +559,17 @@ def _refuse_other_config(stored: dict, config: dict, run_dir: Path) -> None:
                         "directory (hydra.run.dir=...) or the original overrides")
 
 
+def _refuse_changed_semantics(state: dict, cfg: DictConfig, run_dir: Path) -> None:
+    """UserError when the checkpoint was written under semantics that trained this config
+    differently (resuming would change the method mid-run); see SEMANTICS."""
+    m = distributed.local_m(cfg)
+    if (state.get("semantics", 1) < 2 and cfg.optim.name != "sam" and m is not None
+            and m < cfg.batch_size // distributed.world_size()):
+        raise UserError(f"{run_dir} began when m did not apply to {cfg.optim.name} "
+                        "(BatchNorm over the whole batch); this version gives it BatchNorm "
+                        f"shards of m={m}: train it in a new run directory")
+
+
 def _checkpoint(net, optimizer, scheduler, scaler, epoch: int, config: dict, results: dict,
                 device: torch.device, rng_ranks: Any) -> dict:
     """Everything a resumed run needs to continue exactly: weights, optimizer, schedule,
@@ -563,6 +581,7 @@ def _checkpoint(net, optimizer, scheduler, scaler, epoch: int, config: dict, res
         "epoch": epoch, "config": config, "history": results["history"],
         "wall_time_s": results["wall_time_s"], "started_at": results["started_at"],
         "rng": distributed.rng_state(device), "rng_ranks": rng_ranks,
+        "semantics": SEMANTICS,
     }
 
 

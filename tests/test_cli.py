@@ -123,6 +123,37 @@ def test_multirun_2x2_writes_one_result_per_job(tmp_path):
         assert f"optim={r['summary']['optim']}" in d.name
 
 
+def test_sgd_with_m_from_before_m_applied_to_sgd_is_not_resumed(tmp_path):
+    """Checkpoints record the trainer's semantics: an SGD run with BatchNorm shards (m=16)
+    whose checkpoint predates them (no "semantics": m was ignored for SGD) is refused,
+    not continued with another BatchNorm; the same checkpoint with its record resumes."""
+    args = [*SMALL, "optim=sgd", "m=16", "epochs=2"]
+
+    def rewind_to_epoch_1(run_dir: Path, drop_semantics: bool) -> None:
+        ckpt = run_dir / "checkpoints" / "last.pt"
+        state = torch.load(ckpt, weights_only=False)
+        assert state["semantics"] == 2
+        if drop_semantics:
+            del state["semantics"]
+        state.update(epoch=1, history=state["history"][:1])
+        torch.save(state, ckpt)
+        r = results(run_dir)
+        r.update(status="running", final=None, history=r["history"][:1])
+        (run_dir / "results.json").write_text(json.dumps(r))
+
+    for drop_semantics in (True, False):
+        run_dir = tmp_path / f"run_{drop_semantics}"
+        sam_train(*args, f"hydra.run.dir={run_dir}")
+        rewind_to_epoch_1(run_dir, drop_semantics)
+        proc = sam_train(*args, f"hydra.run.dir={run_dir}", check=False)
+        if drop_semantics:
+            assert proc.returncode == 2
+            assert "began when m did not apply to sgd" in proc.stderr
+            assert results(run_dir)["status"] == "running"  # nothing written
+        else:
+            assert proc.returncode == 0 and results(run_dir)["status"] == "complete"
+
+
 def test_cifar_files_on_disk_go_through_the_real_loader(tmp_path):
     write_fake_cifar10(tmp_path / "data", per_batch=20, n_test=16)
     run_dir = tmp_path / "run"
