@@ -571,13 +571,13 @@ def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype) -> tuple[Ten
             loss = loss_fn(out, yi)
         return loss, (loss.detach(), out.detach())
 
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    groups = {n: group_of[id(p)] for n, p in named}
     rng = _RngReplay(x.device)
     with fp32_batchnorm_inputs(model) if amp_dtype is not None else nullcontext():
         clean = vmap(grad(shard_loss, has_aux=True), in_dims=(None, buffer_dims, 0, 0),
                      randomness="different")
         g, (losses, outs) = clean(params, shard_buffers, xs, ys)
-        group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
-        groups = {n: group_of[id(p)] for n, p in named}
         perturbed = _shard_perturbed(groups, params, g, k)
         rng.replay()
         with frozen_bn_stats(model):

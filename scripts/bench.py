@@ -114,7 +114,7 @@ def ours(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
     else:
         opt = torch.optim.SGD(model.parameters(), foreach=True, **kw)
     loader = DeviceLoader(x_all, y_all, args.batch, device, MEAN, STD, augment="basic")
-    amp, _ = amp_settings(args.amp, device)
+    amp = args.autocast
     batches = endless(loader)
     meter = EpochMeter(device, check_every=1) if loop else None
 
@@ -134,7 +134,7 @@ def ours(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
 def bare_fwdbwd(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
                 y_all: torch.Tensor) -> Step:
     """One bare forward+backward on a fixed, ready batch (same precision as ours)."""
-    amp, _ = amp_settings(args.amp, device)
+    amp = args.autocast
     model = make_model(args.model, device, channels_last=True)
     net = torch.compile(model) if args.compile else model
     x = ((x_all[: args.batch].float() / 255 - torch.tensor(MEAN).view(3, 1, 1))
@@ -239,7 +239,7 @@ def results(args: argparse.Namespace, name: str, t: dict[str, float]) -> dict:
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "model": args.model, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
         "compile": args.compile, "m": args.m, "amp": args.amp,
-        "precision": precision_name(amp_settings(args.amp, torch.device(args.device))[0]),
+        "precision": precision_name(args.autocast),
         "step_s": t,
         "images_per_s": images_per_s,
         "sam_over_sgd": t["sam"] / t["sgd"],
@@ -334,6 +334,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    args.autocast, _ = amp_settings(args.amp, device)  # our pipelines' dtype (None: fp32)
     n = args.images or args.batch * 8
     g = torch.Generator().manual_seed(0)
     x_all = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
