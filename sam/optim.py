@@ -295,8 +295,9 @@ def fp32_batchnorm_inputs(model: nn.Module) -> Iterator[None]:
             handle.remove()
 
 
-class _RngReplay:
-    """Snapshot of the RNG of a device, to replay the same dropout/shake draws."""
+class RngReplay:
+    """Snapshot of the RNG of a device, to replay the same dropout/shake draws in every
+    pass of one step (the clean and the perturbed pass see the same random network)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -459,7 +460,7 @@ def _sam_shard(model, optimizer, loss_fn, x, y, amp_dtype, scaler,
                ascent_sync: DistributedDataParallel | None = None) -> tuple[Tensor, Tensor]:
     """Clean pass, ascent, perturbed pass, restore: p.grad holds grad L(w + eps).
     With ``ascent_sync`` (a DDP model) the clean gradient is first averaged over ranks."""
-    rng = _RngReplay(x.device)
+    rng = RngReplay(x.device)
     loss, out = _forward_backward(model, loss_fn, x, y, amp_dtype, scaler)
     if ascent_sync is not None:
         _average_across_ranks(ascent_sync, optimizer, with_bn=False)
@@ -533,7 +534,7 @@ def _sam_shards_vmap_or_loop(model, optimizer, loss_fn, x, y, m, amp_dtype, scal
         raise ValueError("shard_impl='vmap' does not support a GradScaler; use 'loop'")
     net = model.module if isinstance(model, DistributedDataParallel) else model
     net = getattr(net, "_orig_mod", net)  # torch.compile'd: vmap the eager module
-    rng = _RngReplay(x.device)
+    rng = RngReplay(x.device)
     try:
         return _sam_shards_vmap(net, optimizer, loss_fn, x, y, m, amp_dtype)
     except RuntimeError as err:
@@ -573,7 +574,7 @@ def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype) -> tuple[Ten
 
     group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     groups = {n: group_of[id(p)] for n, p in named}
-    rng = _RngReplay(x.device)
+    rng = RngReplay(x.device)
     with fp32_batchnorm_inputs(model) if amp_dtype is not None else nullcontext():
         clean = vmap(grad(shard_loss, has_aux=True), in_dims=(None, buffer_dims, 0, 0),
                      randomness="different")

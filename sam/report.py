@@ -3,7 +3,8 @@
 Usage: ``sam-report DIR [DIR ...] [--out OUTDIR]`` (OUTDIR defaults to the first DIR).
 
 Every results.json under the given directories is read (see :mod:`sam.results` for the
-schema). Complete runs are grouped by ``(dataset, model, augment, epochs)``; each group gives
+schema). Complete runs are grouped by ``(dataset, model, augment, epochs, eval_split)``
+(eval_split "val" = the held-out training tail: no paper value beside it); each group gives
 one table row per SAM setting ``(rho, m)`` (one row when there is a single setting or no SAM
 run), with SGD and SAM cells side by side, the paper's Table 1 value beside each cell where the
 setting matches, and the difference SAM - SGD of the means. Every other run (failed, running,
@@ -89,9 +90,13 @@ PAPER_TABLE1: dict[tuple[str, str, str, int], tuple[float, float]] = {
     key: (paper_mean(sgd), paper_mean(sam)) for key, (sgd, sam) in PAPER_TABLE1_CELLS.items()
 }  # (SGD mean, SAM mean)
 
-GROUP_KEYS = ("dataset", "model", "augment", "epochs")
-# Settings that should be equal within one table cell; a mix is reported as a warning.
-UNIFORM_KEYS = ("batch_size", "lr", "lam", "eval_split")
+# eval_split: "test" (the official test set) or "val" (the held-out tail of the training
+# set); results.json files from before it was recorded evaluated on the test set.
+GROUP_KEYS = ("dataset", "model", "augment", "epochs", "eval_split")
+GROUP_DEFAULTS = {"eval_split": "test"}
+# Settings that should be equal within one table cell and between the SGD and SAM cells
+# of a row; a mix is reported as a warning.
+UNIFORM_KEYS = ("batch_size", "lr", "lam")
 OPTIMS = ("sgd", "sam")
 
 GroupKey = tuple[Any, ...]  # values of GROUP_KEYS
@@ -220,12 +225,16 @@ def _final_test_error(run: dict[str, Any]) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _group_value(summary: dict[str, Any], key: str) -> Any:
+    return summary.get(key, GROUP_DEFAULTS.get(key))
+
+
 def _problem(run: dict[str, Any]) -> str | None:
     """Why a run that says it is complete cannot be tabulated, or None if it can."""
     summary = run.get("summary")
     if not isinstance(summary, dict):
         return "no summary"
-    missing = [k for k in (*GROUP_KEYS, "optim") if summary.get(k) is None]
+    missing = [k for k in (*GROUP_KEYS, "optim") if _group_value(summary, k) is None]
     if missing:
         return f"summary lacks {', '.join(missing)}"
     if summary["optim"] not in OPTIMS:
@@ -234,6 +243,9 @@ def _problem(run: dict[str, Any]) -> str | None:
         return "SAM run without a numeric rho"
     if _final_test_error(run) is None:
         return "no finite final.test_error"
+    final_epoch = run["final"].get("epoch")
+    if final_epoch is not None and final_epoch != summary["epochs"]:
+        return f"final epoch {final_epoch} of {summary['epochs']}: not the last epoch"
     return None
 
 
@@ -281,8 +293,14 @@ def collect(dirs: list[Path]) -> tuple[list[dict], list[dict]]:
 
 
 def group_key(run: dict[str, Any]) -> GroupKey:
-    """(dataset, model, augment, epochs) of a run."""
-    return tuple(run["summary"][k] for k in GROUP_KEYS)
+    """(dataset, model, augment, epochs, eval_split) of a run."""
+    return tuple(_group_value(run["summary"], k) for k in GROUP_KEYS)
+
+
+def paper_cells(key: GroupKey) -> tuple[str, str] | None:
+    """The paper's Table 1 (SGD, SAM) cells of a group: only for test-set errors."""
+    *table_key, eval_split = key
+    return PAPER_TABLE1_CELLS.get(tuple(table_key)) if eval_split == "test" else None
 
 
 def shard_m(run: dict[str, Any]) -> int | None:
@@ -366,7 +384,7 @@ def build_rows(complete: list[dict]) -> list[Row]:
     for key, runs in _by_group(complete).items():
         sgd_runs = [r for r in runs if r["summary"]["optim"] == "sgd"]
         sgd = t_interval(_errors(sgd_runs)) if sgd_runs else None
-        paper = PAPER_TABLE1_CELLS.get(key)
+        paper = paper_cells(key)
         settings = _by_setting([r for r in runs if r["summary"]["optim"] == "sam"])
         if not settings:
             rows.append(Row(key, None, sgd, None, paper, _batch_sizes(sgd_runs)))
@@ -382,20 +400,20 @@ def sgd_budget_lines(rows: list[Row]) -> list[str]:
     sgd_at = {row.group: row.sgd for row in rows if row.sgd is not None}
     lines = []
     for row in rows:
-        dataset, model, augment, epochs = row.group
-        longer = sgd_at.get((dataset, model, augment, 2 * epochs))
+        dataset, model, augment, epochs, eval_split = row.group
+        longer = sgd_at.get((dataset, model, augment, 2 * epochs, eval_split))
         if row.sgd is None or longer is None:
             continue
         best = min(row.sgd.mean, longer.mean)
         sam_minus = f"{row.sam.mean - best:+.2f}" if row.sam is not None else "-"
         rho, m = ("-", "-") if row.setting is None else \
             (str(row.setting[0]), _m_text(row.setting[1], row.batch_sizes))
-        lines.append([dataset, model, augment, epochs, format_cell(row.sgd),
+        lines.append([dataset, model, augment, epochs, eval_split, format_cell(row.sgd),
                       format_cell(longer), f"{best:.2f}", rho, m, sam_minus])
     if not lines:
         return []
-    header = ["dataset", "model", "augment", "epochs E", "SGD E", "SGD 2E", "best SGD",
-              "SAM rho", "SAM m", "SAM(E) - best SGD"]
+    header = ["dataset", "model", "augment", "epochs E", "eval_split", "SGD E", "SGD 2E",
+              "best SGD", "SAM rho", "SAM m", "SAM(E) - best SGD"]
     return ["", "## SGD at twice the epochs", ""] + _md_table(header, lines)
 
 
@@ -414,9 +432,7 @@ def warnings_for(complete: list[dict]) -> list[str]:
     repeat a seed."""
     notes: list[str] = []
     for (key, optim, setting), runs in _cells(complete).items():
-        where = f"{'/'.join(map(str, key))} {optim}" + (
-            f" rho={setting[0]} m={_m_text(setting[1])}" if setting else ""
-        )
+        where = f"{'/'.join(map(str, key))} {_cell_text((key, optim, setting))}"
         for name in UNIFORM_KEYS:
             values = {str(r["summary"].get(name)) for r in runs}
             if len(values) > 1:
@@ -431,7 +447,33 @@ def warnings_for(complete: list[dict]) -> list[str]:
         repeated = sorted({str(s) for s in seeds if seeds.count(s) > 1})
         if repeated:
             notes.append(f"{where}: seed {', '.join(repeated)} appears more than once")
+    return notes + _row_warnings(complete)
+
+
+def _row_warnings(complete: list[dict]) -> list[str]:
+    """Groups whose cells are each uniform in a UNIFORM_KEYS setting but differ from one
+    another (e.g. SGD at lr 0.1 beside SAM at lr 0.05): SAM - SGD would compare them."""
+    notes: list[str] = []
+    cells = _cells(complete)
+    for key in _by_group(complete):
+        mine = {cell: runs for cell, runs in sorted(
+            cells.items(), key=lambda kv: (OPTIMS.index(kv[0][1]), _order_or_none(kv[0][2])))
+            if cell[0] == key}
+        for name in UNIFORM_KEYS:
+            per_cell = {cell: {str(r["summary"].get(name)) for r in runs}
+                        for cell, runs in mine.items()}
+            if all(len(v) == 1 for v in per_cell.values()) and \
+                    len(set().union(*per_cell.values())) > 1:
+                parts = [f"{_cell_text(cell)} {name}={next(iter(v))}"
+                         for cell, v in per_cell.items()]
+                notes.append(f"{'/'.join(map(str, key))}: its cells differ in {name} "
+                             f"({'; '.join(parts)}): SAM - SGD compares different settings")
     return notes
+
+
+def _cell_text(cell: tuple[Any, ...]) -> str:
+    _, optim, setting = cell
+    return optim + (f" rho={setting[0]} m={_m_text(setting[1])}" if setting else "")
 
 
 # --------------------------------------------------------------------------- formatting
@@ -532,11 +574,13 @@ def render_report(complete: list[dict], others: list[dict], dirs: Sequence[Path]
         f"Sources: {', '.join(str(d) for d in dirs)}. "
         f"{len(complete)} complete run(s) tabulated, {len(others)} other run(s) listed below.",
         "",
-        "Final-epoch test error (%): mean ± half-width of the 95% Student-t interval over "
-        "seeds (n = number of seeds; no interval for n=1). m = B: m-sharpness over the whole "
-        "batch. Paper: Foret et al., ICLR 2021, Table 1 (mean ± 95% interval over 5 runs; "
-        "8 GPUs x 32, i.e. m=32; its SGD is the better of E and 2E epochs), shown where "
-        "dataset, model, augmentation and epochs match. SAM - SGD: difference of the means.",
+        "Final-epoch error (%) on the eval_split (test: the official test set; val: the "
+        "held-out tail of the training set): mean ± half-width of the 95% Student-t interval "
+        "over seeds (n = number of seeds; no interval for n=1). m = B: m-sharpness over the "
+        "whole batch. Paper: Foret et al., ICLR 2021, Table 1 test errors (mean ± 95% "
+        "interval over 5 runs; 8 GPUs x 32, i.e. m=32; its SGD is the better of E and 2E "
+        "epochs), shown where dataset, model, augmentation and epochs match on the test "
+        "split. SAM - SGD: difference of the means.",
         "",
     ]
     lines += table_lines(rows) if rows else ["No complete runs."]

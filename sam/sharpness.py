@@ -11,8 +11,8 @@
 Every Hessian routine only talks to the loss through a Hessian-vector product ``hvp(v) = H v``
 on the flattened trainable parameters, built by :func:`hvp_fn` from a fixed list of batches.
 ``loss_fn(model(x), y)`` must return the *mean* loss of the batch (the default reduction of
-``torch.nn.functional.cross_entropy`` / ``mse_loss``). Only :mod:`sam.errors` is imported from
-the project.
+``torch.nn.functional.cross_entropy`` / ``mse_loss``). Only :mod:`sam.errors` and the RNG
+replay of :mod:`sam.optim` are imported from the project.
 """
 
 import math
@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from sam.errors import UserError
+from sam.optim import RngReplay
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Hvp = Callable[[Tensor], Tensor]
@@ -469,10 +470,16 @@ def _shard_sharpness(
     ascent_steps: int,
     p: float,
 ) -> float:
-    """``max_t L_S(w + eps_t) - L_S(w)`` over the ascent iterates ``eps_1 .. eps_T``."""
+    """``max_t L_S(w + eps_t) - L_S(w)`` over the ascent iterates ``eps_1 .. eps_T``.
+
+    Every pass replays the RNG of the first, so in train mode dropout and shake-style
+    layers draw the same masks at w and at w + eps (as in SAM's training step): the
+    gap measures the weights' move, not a change of random network.
+    """
     params = _trainable(model)
     origin = [q.detach().clone() for q in params]
     eps = [torch.zeros_like(q) for q in params]
+    rng = RngReplay(x.device)
     base, grads = _loss_and_grad(model, loss_fn, x, y, params)
     best = -math.inf
     for step in range(ascent_steps):
@@ -480,6 +487,7 @@ def _shard_sharpness(
         with torch.no_grad():
             for q, w0, e in zip(params, origin, eps, strict=True):
                 q.copy_(w0 + e)
+        rng.replay()
         if step == ascent_steps - 1:
             with torch.no_grad():
                 loss = float(loss_fn(model(x), y))

@@ -145,8 +145,8 @@ def test_report_table_csv_and_other_runs(sweep: Path, tmp_path: Path, capsys) ->
     printed = capsys.readouterr().out
     half = T_975_2 * 0.1 / math.sqrt(3)  # 0.2484...
 
-    row = table_row(printed, "cifar10", "wrn28_10", "basic", "200")
-    assert row[4:] == [
+    row = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test")
+    assert row[5:] == [
         "0.05",
         "B=128",
         f"3.50 ± {half:.2f} (n=3)",
@@ -156,8 +156,8 @@ def test_report_table_csv_and_other_runs(sweep: Path, tmp_path: Path, capsys) ->
         "-0.80",
     ]
     assert f"{half:.2f}" == "0.25"
-    single = table_row(printed, "cifar100", "resnet18", "basic", "10")
-    assert single[4:] == ["-", "-", "5.25 (n=1)", "", "-", "", "-"]
+    single = table_row(printed, "cifar100", "resnet18", "basic", "10", "test")
+    assert single[5:] == ["-", "-", "5.25 (n=1)", "", "-", "", "-"]
 
     for name, status, error in [
         ("failed", "failed", "CUDA OOM"),
@@ -172,7 +172,8 @@ def test_report_table_csv_and_other_runs(sweep: Path, tmp_path: Path, capsys) ->
     with open(out / "report.csv", newline="") as f:
         rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(f)}
     r = rows[("cifar10", "wrn28_10")]
-    assert (r["augment"], r["epochs"], r["rho"], r["m"]) == ("basic", "200", "0.05", "128")
+    assert (r["augment"], r["epochs"], r["eval_split"], r["rho"], r["m"]) == \
+        ("basic", "200", "test", "0.05", "128")
     assert (r["sgd_n"], r["sam_n"]) == ("3", "3")
     for field, value in [
         ("sgd_mean", 3.5),
@@ -209,10 +210,10 @@ def test_msharpness_sweep_writes_plots(tmp_path: Path, capsys) -> None:
     assert all("3.55 ± " in line and "(n=2)" in line for line in rows)  # SGD repeated
     # rho=0.1, m=16: errors 2.7 and 2.8, s = 0.1 / sqrt(2), h = t_{0.975,1} * s / sqrt(2)
     half = stats.t.ppf(0.975, 1) * (0.1 / math.sqrt(2)) / math.sqrt(2)
-    cells = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "0.1", "16")
-    assert cells[8] == f"2.75 ± {half:.2f} (n=2)" == "2.75 ± 0.64 (n=2)"
-    assert cells[10] == "-0.80"
-    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "0.01", "B=128")
+    cells = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "0.1", "16")
+    assert cells[9] == f"2.75 ± {half:.2f} (n=2)" == "2.75 ± 0.64 (n=2)"
+    assert cells[11] == "-0.80"
+    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "0.01", "B=128")
     for name in ("msharpness.png", "curves.png", "report.md", "report.csv"):
         assert (root / name).exists(), name
     for name in ("msharpness.png", "curves.png"):
@@ -227,11 +228,12 @@ def test_mixed_settings_and_repeated_seeds_are_warned(tmp_path: Path, capsys) ->
     write_run(root, "d", "sam", 2, 2.7, rho=0.05)
     assert main([str(root)]) == 0
     printed = capsys.readouterr().out
-    assert "cifar10/wrn28_10/basic/200 sgd: mixes lr = 0.1, 0.2" in printed
-    assert "cifar10/wrn28_10/basic/200 sgd: seed 0 appears more than once" in printed
-    row = table_row(printed, "cifar10", "wrn28_10", "basic", "200")
+    assert "cifar10/wrn28_10/basic/200/test sgd: mixes lr = 0.1, 0.2" in printed
+    assert "cifar10/wrn28_10/basic/200/test sgd: seed 0 appears more than once" in printed
+    assert "cells differ" not in printed  # the mixed cell is warned once, as such
+    row = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test")
     half = stats.t.ppf(0.975, 1) * (0.2 / math.sqrt(2)) / math.sqrt(2)  # s = 0.2 / sqrt(2)
-    assert row[4:] == [
+    assert row[5:] == [
         "0.05",
         "B=128",
         f"3.10 ± {half:.2f} (n=2)",
@@ -261,7 +263,7 @@ def test_sgd_cell_mixing_batchnorm_shards_is_warned(tmp_path: Path, capsys) -> N
     write_run(tmp_path, "b", "sgd", 1, 3.2)
     write_run(tmp_path, "c", "sgd", 2, 3.1, m=128)
     assert main([str(tmp_path)]) == 0
-    assert "cifar10/wrn28_10/basic/200 sgd: mixes m (BatchNorm shards) = 32, B" in \
+    assert "cifar10/wrn28_10/basic/200/test sgd: mixes m (BatchNorm shards) = 32, B" in \
         capsys.readouterr().out
 
 
@@ -279,7 +281,7 @@ def test_cell_mixing_precisions_is_warned(tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "sgd: mixes precision" not in printed
-    assert ("cifar10/wrn28_10/basic/200 sam rho=0.05 m=B: mixes precision = bf16, "
+    assert ("cifar10/wrn28_10/basic/200/test sam rho=0.05 m=B: mixes precision = bf16, "
             "fp32 then bf16, unrecorded") in printed
 
 
@@ -312,5 +314,52 @@ def test_sgd_at_twice_the_epochs_is_compared(tmp_path: Path, capsys) -> None:
     row = next(line for line in section.splitlines() if line.startswith("| cifar10"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     # SGD 200: mean 3.5; SGD 400: mean 3.1 (better); SAM 200: 2.7 -> 2.7 - 3.1 = -0.40
-    assert cells[3] == "200" and cells[6] == "3.10" and cells[-1] == "-0.40"
-    assert cells[4].startswith("3.50") and cells[5].startswith("3.10")
+    assert cells[3:5] == ["200", "test"] and cells[7] == "3.10" and cells[-1] == "-0.40"
+    assert cells[5].startswith("3.50") and cells[6].startswith("3.10")
+
+
+def test_validation_runs_get_their_own_rows_without_paper_numbers(tmp_path: Path,
+                                                                  capsys) -> None:
+    """A held-out-split error is neither compared with a test error nor with the paper."""
+    for seed, err in enumerate((3.4, 3.6)):
+        write_run(tmp_path, f"sgd_{seed}", "sgd", seed, err)
+        write_run(tmp_path, f"sam_val_{seed}", "sam", seed, err - 1.4, rho=0.05,
+                  eval_split="val")
+    old = write_run(tmp_path, "sam_old", "sam", 0, 2.5, rho=0.05)  # before eval_split
+    run = read_json(old)
+    del run["summary"]["eval_split"]
+    write_json(old, run)
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    test_row = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test")
+    half = stats.t.ppf(0.975, 1) * 0.2 / math.sqrt(2) / math.sqrt(2)  # 1.27
+    assert test_row[7:] == [f"3.50 ± {half:.2f} (n=2)", "3.5 ± 0.1", "2.50 (n=1)",
+                            "2.7 ± 0.1", "-1.00"]
+    val_row = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "val")
+    assert val_row[7:] == ["-", "", f"2.10 ± {half:.2f} (n=2)", "", "-"]
+
+
+def test_sgd_and_sam_cells_with_different_lr_are_warned(tmp_path: Path, capsys) -> None:
+    for seed in range(2):
+        write_run(tmp_path, f"sgd_{seed}", "sgd", seed, 3.5)
+        write_run(tmp_path, f"sam_{seed}", "sam", seed, 2.7, rho=0.05, lr=0.05)
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert ("cifar10/wrn28_10/basic/200/test: its cells differ in lr (sgd lr=0.1; "
+            "sam rho=0.05 m=B lr=0.05): SAM - SGD compares different settings") in printed
+    assert "differ in lam" not in printed and "mixes" not in printed
+
+
+def test_complete_run_that_stopped_early_is_not_tabulated(tmp_path: Path, capsys) -> None:
+    for seed in range(2):
+        write_run(tmp_path, f"sgd_{seed}", "sgd", seed, 3.5 + seed)
+    short = write_run(tmp_path, "short", "sgd", 2, 20.0)
+    run = read_json(short)
+    run["final"]["epoch"] = 150
+    write_json(short, run)
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test")[7].startswith(
+        "4.00 ± ")  # 3.5 and 4.5; with the 20.0 of the short run it would be 9.33
+    cells = table_row(printed, str(short))
+    assert cells[1] == "complete" and "final epoch 150 of 200" in cells[3]

@@ -373,6 +373,41 @@ def test_m_sharpness_restores_weights_buffers_and_grads_exactly() -> None:
     assert model.training
 
 
+def _dropout_problem() -> tuple[nn.Module, Tensor, Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Dropout(0.5), nn.Linear(16, 2)).to(DT)
+    return model.train(), torch.randn(12, 3, dtype=DT), torch.randint(0, 2, (12,))
+
+
+@pytest.mark.parametrize("m", [3, 12])
+def test_m_sharpness_in_train_mode_replays_dropout_masks(m: int) -> None:
+    """At rho = 0 the gap is exactly 0 even with dropout on: w and w + eps see the same masks."""
+    model, x, y = _dropout_problem()
+    assert m_sharpness(model, F.cross_entropy, x, y, m=m, rho=0.0, ascent_steps=2) == 0.0
+
+
+def test_m_sharpness_with_dropout_matches_a_fixed_mask_reference() -> None:
+    """One shard, one step, against the same network with one dropout mask drawn by hand."""
+    model, x, y = _dropout_problem()
+    torch.manual_seed(7)
+    got = m_sharpness(model, F.cross_entropy, x, y, m=12, rho=0.05)
+    torch.manual_seed(7)
+    lin1, lin2 = model[0], model[3]
+    mask = F.dropout(torch.ones(12, 16, dtype=DT), 0.5, training=True)  # Dropout's own draw
+    params = [lin1.weight, lin1.bias, lin2.weight, lin2.bias]
+
+    def loss_at(w: list[Tensor]) -> Tensor:
+        return F.cross_entropy(F.linear(torch.tanh(F.linear(x, w[0], w[1])) * mask, w[2], w[3]), y)
+
+    w0 = [q.detach().clone().requires_grad_() for q in params]
+    grads = torch.autograd.grad(loss_at(w0), w0)
+    norm = torch.sqrt(sum((g**2).sum() for g in grads))
+    with torch.no_grad():
+        gap = loss_at([q + 0.05 * g / norm for q, g in zip(w0, grads, strict=True)]) - loss_at(w0)
+    assert gap > 0
+    assert got == pytest.approx(float(gap), rel=1e-10)
+
+
 def test_m_sharpness_quadratic_weights_bit_identical() -> None:
     model, _, w, c = _quadratic_setup()
     m_sharpness(model, mean_loss, c, torch.zeros(N), m=4, rho=RHO, ascent_steps=5)
