@@ -46,14 +46,19 @@ def _train(cfg: DictConfig) -> float | None:
         results = run(cfg, hc.runtime.output_dir, overrides=overrides,
                       choices=dict(hc.runtime.choices), multirun=multirun,
                       invocation_files=_invocation_files(cfg, hc))
-    except (UserError, Diverged) as err:
+    except Exception as err:
         if os.environ.get("SAM_FULL_ERROR") == "1":
             raise
-        status = 2 if isinstance(err, UserError) else 1
-        where = f" [job {hc.job.num}: {' '.join(overrides)}]" if multirun else ""
-        print(f"{_prog()}: error: {_one_line(err)}{where}", file=sys.stderr)
+        expected = isinstance(err, UserError | Diverged)
         if not multirun:
-            sys.exit(status)
+            if not expected:
+                raise _JobError(err) from err  # one line from _guarded, past Hydra's printer
+            print(f"{_prog()}: error: {_one_line(err)}", file=sys.stderr)
+            sys.exit(2 if isinstance(err, UserError) else 1)
+        text = _one_line(err) if expected else f"{type(err).__name__}: {_one_line(err)}"
+        print(f"{_prog()}: error: {text} [job {hc.job.num}: {' '.join(overrides)}]",
+              file=sys.stderr)
+        _record_unstarted(hc.runtime.output_dir, cfg, overrides, text)
         _record_failed(hc, " ".join(overrides))  # the other jobs of the sweep go on
         return None
     finally:
@@ -67,6 +72,27 @@ def _invocation_files(cfg: DictConfig, hc: Any) -> dict[str, Any]:
     is accepted (a refused invocation must not rewrite a finished run's record)."""
     return {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hc}),
             "overrides.yaml": hc.overrides.task}
+
+
+def _record_unstarted(run_dir: str, cfg: DictConfig, overrides: list[str], error: str) -> None:
+    """A sweep job refused before its run began (a bad value) still gets a results.json
+    with status failed and the reason, so that ``sam-report`` lists it; a run that
+    started has its own, which is left as it is."""
+    from sam.results import RESULTS_FILE, SCHEMA_VERSION, write_json
+
+    path = Path(run_dir) / RESULTS_FILE
+    if path.exists():
+        return
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        config = OmegaConf.to_container(cfg, resolve=False)
+    try:
+        write_json(path, {"schema_version": SCHEMA_VERSION, "status": "failed", "error": error,
+                          "summary": None, "overrides": overrides, "config": config,
+                          "history": [], "final": None})
+    except OSError:
+        pass  # the sweep's failed-job list still names it
 
 
 _FAILED_DIR = ".failed_jobs"  # in the sweep directory, while a sweep runs

@@ -5,10 +5,14 @@ Pure torch, imports nothing else of the project. Two ways to use it:
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
     loss = sam_step(model, opt, F.cross_entropy, x, y)          # one call per batch
 
-or the explicit two-step form
+or the closure form ``opt.step(closure, model=model)``, or the explicit two-step form
 
+    rng = RngReplay(x.device)
     loss_fn(model(x), y).backward(); opt.first_step(zero_grad=True)   # w -> w + eps
-    loss_fn(model(x), y).backward(); opt.second_step(zero_grad=True)  # restore w, base step
+    rng.replay()                                      # the same dropout/shake draws
+    with frozen_bn_stats(model):                      # BatchNorm: only the clean pass updates
+        loss_fn(model(x), y).backward()
+    opt.second_step(zero_grad=True)                   # restore w, base step
 
 Multi-GPU: pass the DistributedDataParallel wrapper to ``sam_step``; it runs every pass
 under ``no_sync()`` and averages the descent gradient across ranks itself, once
@@ -23,7 +27,8 @@ Weight decay (lambda) has two conventions, chosen by ``wd_mode``:
 * ``"loss"``: the L2 term lambda/2 ||w||^2 behaves as if it were part of the loss,
   as in the official JAX implementation: the ascent gradient is g + lambda w and the
   descent gradient is grad L(w + eps) + lambda (w + eps); the base optimizer then
-  runs with weight_decay = 0.
+  runs with weight_decay = 0. A parameter group's own ``weight_decay`` is its lambda
+  (e.g. 0 for a "no decay on BatchNorm" group).
 
 fp16 with ``torch.amp.GradScaler``: eps = rho g / ||g|| is invariant to the loss
 scale, so ``first_step`` may run on scaled gradients. Unscale (and clip) only the
@@ -84,6 +89,7 @@ class SAM(torch.optim.Optimizer):
         l2 = 0.0
         if wd_mode == "loss":
             l2 = float(base_kwargs.pop("weight_decay", 0.0))
+        self.wd_mode = wd_mode
         defaults = dict(rho=rho, p=float(p), adaptive=adaptive, eta=eta, l2=l2, **base_kwargs)
         super().__init__(params, defaults)
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
@@ -91,6 +97,14 @@ class SAM(torch.optim.Optimizer):
         self.defaults.update(self.base_optimizer.defaults)
         self.max_grad_norm = max_grad_norm
         self.perturbed = False
+        self._moved: list[Tensor] = []  # what first_step perturbed: exactly what is restored
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; in wd_mode="loss" its ``weight_decay`` becomes its L2 lambda."""
+        if self.wd_mode == "loss" and "weight_decay" in param_group:
+            param_group = dict(param_group)
+            param_group["l2"] = float(param_group.pop("weight_decay"))
+        super().add_param_group(param_group)
 
     def _with_grad(self, group: dict) -> list[Tensor]:
         return [p for p in group["params"] if p.grad is not None]
@@ -137,6 +151,7 @@ class SAM(torch.optim.Optimizer):
                 continue
             saved = [self._saved(p) for p in params]
             torch._foreach_copy_(saved, params)
+            self._moved.extend(params)
             grads = self._ascent_grads(group, params)
             if group["p"] == 2:
                 scale = group["rho"] / (norm.to(params[0].device) + _GUARD)
@@ -147,6 +162,10 @@ class SAM(torch.optim.Optimizer):
             else:
                 eps = torch._foreach_sign(grads)
                 torch._foreach_mul_(eps, group["rho"])
+                # + 0 g: an inf in g makes eps NaN (sign(inf) alone is finite), so, as
+                # for p=2, an overflow in the clean pass reaches the descent gradient
+                # and a GradScaler skips the step and lowers its scale.
+                torch._foreach_add_(eps, torch._foreach_mul(grads, 0.0))
                 if group["adaptive"]:
                     torch._foreach_mul_(eps, self._scales(group, params))
             torch._foreach_add_(params, eps)
@@ -164,18 +183,20 @@ class SAM(torch.optim.Optimizer):
     def unperturb(self) -> None:
         """Restore w exactly from the saved copy; the gradient (taken at w + eps) stays.
 
-        In wd_mode="loss" first adds the L2 gradient at the perturbed point,
-        l2 (w + eps), to the descent gradient.
+        Restores exactly the parameters ``first_step`` moved, whether or not the second
+        pass gave them a gradient (a weight-dependent route, e.g. a mixture of experts,
+        may use other parameters at w + eps). In wd_mode="loss" first adds the L2
+        gradient at the perturbed point, l2 (w + eps), to the descent gradient.
         """
         if not self.perturbed:
             return
         for group in self.param_groups:
             params = self._with_grad(group)
-            if not params:
-                continue
-            if group["l2"]:
+            if params and group["l2"]:
                 torch._foreach_add_([p.grad for p in params], params, alpha=group["l2"])
-            torch._foreach_copy_(params, [self.state[p]["old_p"] for p in params])
+        if self._moved:
+            torch._foreach_copy_(self._moved, [self.state[p]["old_p"] for p in self._moved])
+        self._moved = []
         self.perturbed = False
 
     @torch.no_grad()
@@ -195,17 +216,22 @@ class SAM(torch.optim.Optimizer):
         if zero_grad:
             self.zero_grad()
 
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Callable[[], Tensor] | None = None,  # type: ignore[override]
+             model: nn.Module | None = None) -> Tensor:
         """Full SAM step. ``closure`` computes the loss and calls ``backward`` (it may
-        zero the gradients itself); it is evaluated at w and at w + eps. Returns the
-        loss at w."""
+        zero the gradients itself); it is evaluated at w and at w + eps with the same
+        random draws (dropout, shake). Pass the ``model`` so that its BatchNorm layers
+        change their running statistics in the first evaluation only (without it the
+        second updates them too). Returns the loss at w."""
         if closure is None:
             raise ValueError("SAM.step needs a closure; or call first_step/second_step")
         self.zero_grad()
+        rng = RngReplay(self.param_groups[0]["params"][0].device)
         with torch.enable_grad():
             loss = closure()
         self.first_step(zero_grad=True)
-        with torch.enable_grad():
+        rng.replay()
+        with torch.enable_grad(), frozen_bn_stats(model) if model is not None else nullcontext():
             closure()
         self.second_step()
         return loss
@@ -619,7 +645,7 @@ def _shard_perturbed(groups: dict[str, dict], params: dict[str, Tensor],
             e = a * (group["rho"] / (norm + _GUARD)).view(k, *[1] * w.dim())
             e = e * (t * t) if t is not None else e
         else:
-            e = group["rho"] * a.sign()
+            e = group["rho"] * a.sign() + 0.0 * a  # 0 a: non-finite a -> NaN, as first_step
             e = e * t if t is not None else e
         out[n] = w + e
     return out

@@ -11,7 +11,8 @@ results.json of one run (errors are percentages, 0-100):
     overrides       the Hydra task overrides of the run
     config          the fully resolved config
     history         one dict per finished epoch: epoch, train_loss, train_error,
-                    test_loss, test_error, lr, images_per_sec, epoch_time_s,
+                    test_loss, test_error, lr (after the epoch's last scheduler
+                    step: the next epoch's starting lr), images_per_sec, epoch_time_s,
                     precision (bf16, fp16 or fp32: what amp resolved to); with
                     sharpness.every > 0 also sharpness_lambda_max, sharpness_lambda_ratio,
                     sharpness_trace, sharpness_trace_stderr, sharpness_m_sharpness,
@@ -36,13 +37,23 @@ RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
 
 
+def _file_mode() -> int:
+    """The mode ``open`` gives a new file: 0o666 less the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = False) -> None:
     """Write a file so that readers see the old or the new content, never a part:
-    write a temporary file in the same directory, fsync, then rename over ``path``."""
+    write a temporary file in the same directory, fsync, then rename over ``path``.
+    The file gets the mode a plain ``open`` would (mkstemp's own is 0600: unreadable
+    to collaborators sharing the results)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -51,6 +62,13 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(directory: str | Path) -> None:
+    """Delete the temporary files of ``atomic_write``s that a kill interrupted in
+    ``directory`` (``.<name>.<random>.tmp``; a checkpoint's can be hundreds of MB)."""
+    for tmp in Path(directory).glob(".*.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:

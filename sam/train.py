@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +41,7 @@ from sam.results import (
     atomic_write,
     load_checkpoint,
     read_json,
+    remove_stale_temps,
     save_checkpoint,
     write_json,
 )
@@ -110,6 +112,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.m is None or (isinstance(cfg.m, int) and not isinstance(cfg.m, bool)),
          f"m={cfg.m!r}: must be an integer or null")
     need(cfg.epochs >= 1, f"epochs={cfg.epochs}: must be >= 1")
+    _validate_groups(cfg, need)
     d = cfg.dataset
     need(0 <= d.val_fraction < 1, f"dataset.val_fraction={d.val_fraction}: must be in [0, 1)")
     for key in ("subset", "test_subset"):
@@ -121,6 +124,12 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.lam >= 0, f"lam={cfg.lam}: must be >= 0")
     need(cfg.amp in ("auto", "bf16", "fp16", "off"), f"amp={cfg.amp}: use auto, bf16, fp16 or off")
     need(cfg.m_impl in ("auto", "loop", "vmap"), f"m_impl={cfg.m_impl}: use auto, loop or vmap")
+    if cfg.optim.name == "sam" and cfg.amp == "fp16":  # sam_step would refuse at step 1
+        need(cfg.optim.get("wd_mode", "base") == "base",
+             "amp=fp16 with optim.wd_mode=loss: the GradScaler path supports only "
+             "wd_mode=base; use amp=bf16 or optim.wd_mode=base")
+        need(cfg.m_impl != "vmap", "amp=fp16 with m_impl=vmap: the batched shards do not "
+             "support a GradScaler; use m_impl=loop (or auto) or amp=bf16")
     device = resolve_device(cfg.device)
     need(cfg.amp != "fp16" or device.type == "cuda",
          "amp=fp16 needs CUDA: use amp=bf16 or amp=off on cpu")
@@ -135,6 +144,47 @@ def validate(cfg: DictConfig) -> None:
              f"divisors of the batch (or m=null for plain SAM)")
     distributed.check_config(cfg, device)
     check_training_config(cfg)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate_groups(cfg: DictConfig, need: Callable[[bool, str], None]) -> None:
+    """The settings inside the groups that would otherwise fail (or mislead) mid-run."""
+    o, s, d = cfg.optim, cfg.schedule, cfg.dataset
+    need(_is_number(o.get("momentum", 0)) and o.get("momentum", 0) >= 0,
+         f"optim.momentum={o.get('momentum')}: must be a number >= 0 (0.9 is the paper's)")
+    if o.name == "sam":
+        clip = o.get("max_grad_norm")
+        need(clip is None or (_is_number(clip) and clip > 0),
+             f"optim.max_grad_norm={clip}: must be a number > 0, or null (no clipping)")
+        need(_is_number(o.eta) and o.eta >= 0, f"optim.eta={o.eta}: must be a number >= 0")
+    if "warmup_epochs" in s:
+        w = s.warmup_epochs
+        need(_is_number(w) and 0 <= w < cfg.epochs,
+             f"schedule.warmup_epochs={w}: must be a number in [0, epochs={cfg.epochs})")
+    if "milestones" in s:
+        need(all(_is_number(f) and 0 < f < 1 for f in s.milestones),
+             f"schedule.milestones={list(s.milestones)}: must be fractions of training, "
+             f"each in (0, 1)")
+        need(_is_number(s.gamma) and s.gamma > 0,
+             f"schedule.gamma={s.gamma}: must be a number > 0 (0.2 multiplies lr by 0.2)")
+    need(_is_number(d.val_fraction), f"dataset.val_fraction={d.val_fraction!r}: must be a "
+         "number in [0, 1)")
+    for key in ("train_size", "test_size"):
+        if key in d:
+            need(_is_int(d[key]) and d[key] >= 1,
+                 f"dataset.{key}={d[key]!r}: must be a positive integer")
+    need(_is_int(cfg.nan_check_every) and cfg.nan_check_every >= 1,
+         f"nan_check_every={cfg.nan_check_every!r}: must be an integer >= 1")
+    workers = cfg.augment.get("num_workers", 0)
+    need(_is_int(workers) and workers >= 0,
+         f"augment.num_workers={workers!r}: must be an integer >= 0")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -187,7 +237,7 @@ def load_splits(cfg: DictConfig):
             raise
         log.warning("NOTICE: %s -- falling back to SYNTHETIC data; these results are not %s",
                     err, d.name)
-        splits = load_dataset("synthetic", "", seed=cfg.seed, synthetic_size=(4096, 1024))
+        splits = load_dataset("synthetic", "", synthetic_size=(4096, 1024), **kwargs)
     return splits
 
 
@@ -383,7 +433,9 @@ def _summary(cfg: DictConfig, choices: dict[str, str], data_name: str, eval_spli
             "augment": cfg.augment.name, "optim": cfg.optim.name,
             "rho": cfg.optim.rho if is_sam else None, "m": cfg.m,  # SGD: BatchNorm shards
             "epochs": cfg.epochs, "seed": cfg.seed, "batch_size": cfg.batch_size,
-            "lr": cfg.lr, "lam": cfg.lam, "eval_split": eval_split}
+            # what the optimizer got (the long forms optim.lr / optim.weight_decay too)
+            "lr": cfg.optim.get("lr", cfg.lr), "lam": cfg.optim.get("weight_decay", cfg.lam),
+            "eval_split": eval_split}
 
 
 def _flat_hparams(summary: dict) -> dict:
@@ -461,6 +513,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     writer = (SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
               if main else _NoWriter())
     if main:
+        for folder in (run_dir, ckpt_path.parent):
+            remove_stale_temps(folder)
         write_json(results_path, results)
     try:
         for epoch in range(start_epoch, cfg.epochs):

@@ -59,9 +59,15 @@ def test_resuming_in_another_precision_is_named():
 
 def test_run_writes_results_tensorboard_checkpoint_then_is_complete(tmp_path):
     run_dir = tmp_path / "run"
-    sam_train(*SMALL, "epochs=2", f"hydra.run.dir={run_dir}")
+    long_forms = ["optim.lr=0.05", "optim.weight_decay=1e-3"]  # beside the shortcuts
+    sam_train(*SMALL, "epochs=2", *long_forms, f"hydra.run.dir={run_dir}")
     r = results(run_dir)
     assert r["status"] == "complete" and r["error"] is None
+    assert (r["summary"]["lr"], r["summary"]["lam"]) == (0.05, 1e-3)  # what trained
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("results.json", "checkpoints/last.pt"):  # readable as a plain file is
+        assert (run_dir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     assert [h["epoch"] for h in r["history"]] == [1, 2]
     assert r["final"]["test_error"] == r["history"][-1]["test_error"]
     assert r["summary"]["optim"] == "sam" and r["summary"]["rho"] == 0.05
@@ -77,7 +83,7 @@ def test_run_writes_results_tensorboard_checkpoint_then_is_complete(tmp_path):
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
     assert state["epoch"] == 2 and "optimizer" in state and "scheduler" in state
     before = (run_dir / "results.json").read_bytes()
-    again = sam_train(*SMALL, "epochs=2", f"hydra.run.dir={run_dir}")
+    again = sam_train(*SMALL, "epochs=2", *long_forms, f"hydra.run.dir={run_dir}")
     assert "already complete" in again.stdout + again.stderr
     assert (run_dir / "results.json").read_bytes() == before
 
@@ -96,8 +102,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert results(run_dir)["status"] == "running"
+    stale = ckpt.parent / ".last.pt.k1ll3d.tmp"  # what a kill inside a write leaves
+    stale.write_bytes(b"partial")
     resumed = sam_train(*args, f"hydra.run.dir={run_dir}")
     assert "resuming" in resumed.stdout + resumed.stderr
+    assert not stale.exists()
     a, b = results(reference), results(run_dir)
     assert b["status"] == "complete"
     for key in ("train_loss", "test_loss", "test_error"):
@@ -121,6 +130,22 @@ def test_multirun_2x2_writes_one_result_per_job(tmp_path):
         r = results(d)
         assert r["status"] == "complete"
         assert f"optim={r['summary']['optim']}" in d.name
+
+
+def test_sweep_job_refused_before_training_leaves_a_failed_results_json(tmp_path):
+    """A bad value in one job: the sweep goes on, exits 2 naming it, and the job's
+    directory says why, so that the report lists it instead of losing it."""
+    sweep = tmp_path / "sweep"
+    proc = sam_train("-m", *SMALL, "epochs=1", "m=3,null", f"hydra.sweep.dir={sweep}",
+                     check=False)
+    assert proc.returncode == 2 and "1 job(s) failed" in proc.stderr, proc.stderr
+    by_m = {d.name.split("m=")[-1].split(",")[0]: results(d)
+            for d in sweep.iterdir() if (d / "results.json").exists()}
+    assert by_m["null"]["status"] == "complete"
+    assert by_m["3"]["status"] == "failed" and "m=3 does not divide" in by_m["3"]["error"]
+    report = subprocess.run([sys.executable, "-m", "sam.report", str(sweep)], env=ENV,
+                            capture_output=True, text=True, check=True)
+    assert "Runs not tabulated (1)" in report.stdout and "m=3 does not divide" in report.stdout
 
 
 def test_sgd_with_m_from_before_m_applied_to_sgd_is_not_resumed(tmp_path):
@@ -173,6 +198,7 @@ def test_cifar_files_on_disk_go_through_the_real_loader(tmp_path):
     (["dataset=cifar100", "data_dir=/nonexistent/c100"], "/nonexistent/c100"),
     (["epochs=0"], "epochs=0"),
     (["rhoo=0.1"], "rhoo"),
+    (["dataset=synthetic", "+model.foo=1"], "foo"),  # raised in the job, past Hydra's printer
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
     run_dir = tmp_path / "run"

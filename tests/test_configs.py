@@ -8,8 +8,9 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from sam.errors import UserError
 from sam.optim import SAM
-from sam.train import build_optimizer, validate
+from sam.train import build_optimizer, load_splits, validate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -134,3 +135,33 @@ def test_table1_recipes_use_table6_hyperparameters(name, dataset, lr, lam, rho):
 
 def test_rho_search_holds_out_ten_percent():
     assert make("experiment=rho_search").dataset.val_fraction == 0.1
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["optim.max_grad_norm=-1"], "optim.max_grad_norm=-1"),
+    (["optim.momentum=-0.9"], "optim.momentum=-0.9"),
+    (["optim.eta=-1"], "optim.eta=-1"),
+    (["epochs=2", "schedule.warmup_epochs=10"], "schedule.warmup_epochs=10"),
+    (["schedule.warmup_epochs=-1"], "schedule.warmup_epochs=-1"),
+    (["schedule.warmup_epochs=abc"], "schedule.warmup_epochs=abc"),
+    (["schedule=step", "schedule.gamma=-1"], "schedule.gamma=-1"),
+    (["schedule=step", "schedule.milestones=[0.3,2.0]"], "schedule.milestones"),
+    (["dataset.val_fraction=abc"], "dataset.val_fraction"),
+    (["dataset=synthetic", "dataset.train_size=abc"], "dataset.train_size"),
+    (["nan_check_every=0"], "nan_check_every=0"),
+    (["augment=autoaugment", "augment.num_workers=-1"], "augment.num_workers=-1"),
+    (["amp=fp16", "optim.wd_mode=loss"], "optim.wd_mode=loss"),
+    (["amp=fp16", "m_impl=vmap"], "m_impl=vmap"),
+])
+def test_validate_refuses_group_values_that_would_fail_or_mislead(overrides, words):
+    """One line naming the setting, before anything runs (not a ValueError mid-run, and
+    not a run that trains with a negative or never-reached learning rate)."""
+    with pytest.raises(UserError, match=words.replace("[", r"\[")):
+        validate(make(*overrides))
+
+
+def test_synthetic_fallback_keeps_subset_and_validation_split():
+    cfg = make("dataset=cifar10", "data_dir=/nonexistent/cifar", "dataset.fallback_synthetic=true",
+               "dataset.subset=300", "dataset.val_fraction=0.25")
+    splits = load_splits(cfg)
+    assert (len(splits.train_x), len(splits.test_x), splits.eval_split) == (225, 75, "val")

@@ -178,6 +178,86 @@ def test_closure_api_equals_two_step_api() -> None:
         assert torch.equal(pa, pb)
 
 
+def test_closure_api_with_model_equals_sam_step_batchnorm_and_dropout() -> None:
+    """step(closure, model=...) keeps SAM's rules: BatchNorm statistics from the clean
+    pass only, the same dropout masks at w and w + eps (as sam_step, tested above)."""
+    x, y = image_batch()
+    a = nn.Sequential(*bn_net(), nn.Dropout(0.5)).double()
+    b = copy.deepcopy(a)
+    opt_a, opt_b = make_sam(a), make_sam(b)
+    for step in range(2):
+        torch.manual_seed(step)
+        sam_step(a, opt_a, F.cross_entropy, x, y)
+        torch.manual_seed(step)
+        opt_b.step(lambda: F.cross_entropy(b(x), y).backward(), model=b)
+    for ta, tb in zip([*a.parameters(), *a.buffers()], [*b.parameters(), *b.buffers()],
+                      strict=True):
+        assert torch.equal(ta, tb)
+    assert b[1].num_batches_tracked.item() == 2
+
+
+class Router(nn.Module):
+    """Routes through ``a`` in odd calls and ``b`` in even ones (as a mixture of experts
+    whose gate flips between the clean and the perturbed pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(5, 3).double(), nn.Linear(5, 3).double()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.a(x) if self.calls % 2 else self.b(x)
+
+
+def test_restore_covers_exactly_what_the_ascent_moved() -> None:
+    """a moves at the ascent but gets no gradient at w + eps; b only gets one there: with
+    lr = 0 every weight must come back bit-identical, over several steps."""
+    model, (x, y) = Router(), batch()
+    w0 = [p.detach().clone() for p in model.parameters()]
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=0.0)
+    for _ in range(3):
+        sam_step(model, opt, F.cross_entropy, x, y)
+        for p, w in zip(model.parameters(), w0, strict=True):
+            assert torch.equal(p, w)
+
+
+def test_wd_mode_loss_takes_each_groups_weight_decay() -> None:
+    """Groups with lambda 0.1 (the default), 0 (own weight_decay) and 0.3 (added later):
+    a zero data loss leaves only the L2 term, so the ascent is eps = rho l2 w / ||l2 w||
+    (norm over all groups) and plain SGD (lr 1) moves w by -l2 (w + eps)."""
+    torch.manual_seed(0)
+    w1, w2, w3 = (nn.Parameter(torch.randn(n, dtype=torch.float64)) for n in (4, 3, 2))
+    start = [w.detach().clone() for w in (w1, w2, w3)]
+    opt = SAM([{"params": [w1]}, {"params": [w2], "weight_decay": 0.0}], torch.optim.SGD,
+              rho=RHO, lr=1.0, weight_decay=0.1, wd_mode="loss")
+    opt.add_param_group({"params": [w3], "weight_decay": 0.3})
+    assert [g["weight_decay"] for g in opt.base_optimizer.param_groups] == [0.0, 0.0, 0.0]
+    assert [g["l2"] for g in opt.param_groups] == [0.1, 0.0, 0.3]
+    opt.step(lambda: (0.0 * (w1.sum() + w2.sum() + w3.sum())).backward())
+    l2 = (0.1, 0.0, 0.3)
+    norm = torch.sqrt(sum(((lam * w) ** 2).sum() for lam, w in zip(l2, start, strict=True)))
+    for lam, w, w_start in zip(l2, (w1, w2, w3), start, strict=True):
+        eps = RHO * lam * w_start / norm
+        expected = w_start - lam * (w_start + eps)
+        torch.testing.assert_close(w.detach(), expected, rtol=1e-13, atol=1e-14)
+    assert torch.equal(w2.detach(), start[1])
+
+
+def test_linf_ascent_turns_an_overflow_into_a_non_finite_step() -> None:
+    """p = inf: sign(inf) is finite, but an overflowed clean gradient must still make
+    the perturbed point (hence the descent gradient) non-finite, as with p = 2, so that a
+    GradScaler skips the step; the restore stays exact."""
+    w = nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
+    opt = SAM([w], torch.optim.SGD, rho=RHO, p=math.inf, lr=0.1)
+    w.grad = torch.tensor([float("inf"), 1.0, -1.0])
+    opt.first_step()
+    assert torch.isnan(w[0]) and torch.equal(w.detach()[1:], torch.tensor([2.05, 2.95]))
+    opt.unperturb()
+    assert torch.equal(w.detach(), torch.tensor([1.0, 2.0, 3.0]))
+
+
 def shard_reference(model: nn.Module, x, y, m: int) -> dict:
     """Explicit per-shard loop: mean over shards of grad L_i(w + rho g_i/||g_i||)."""
     w0 = params_of(model)
