@@ -29,6 +29,9 @@ from sam.errors import UserError
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
 AUGMENTS = ("none", "basic", "cutout", "autoaugment")
+# How the 4-px crop pads: "reflect" mirrors the border (no edge repeat), as the official
+# SAM code (tf.pad mode REFLECT); "zero" pads black, as torchvision's RandomCrop(32, 4).
+PAD_MODES = ("reflect", "zero")
 
 # Published per-channel statistics of the training sets (pixel values scaled to [0, 1]).
 CIFAR_STATS = {
@@ -226,7 +229,7 @@ def crop_flip_params(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Draw per-image (top, left, flip) for `apply_crop_flip` on `generator`'s device.
 
-    top/left are crop offsets into the zero-padded image, in [0, 2 * padding].
+    top/left are crop offsets into the padded image, in [0, 2 * padding].
     """
     dev = generator.device
     top = torch.randint(0, 2 * padding + 1, (n,), generator=generator, device=dev)
@@ -235,24 +238,46 @@ def crop_flip_params(
     return top, left, flip
 
 
-def apply_crop_flip(x: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: int = 4) -> Tensor:
-    """Zero-pad `x` (N, C, H, W) by `padding`, crop H x W at (top, left), mirror where `flip`.
+def _reflect(i: Tensor, n: int) -> Tensor:
+    """Indices in [-(n-1), 2n-2] mirrored into [0, n) without repeating the edge:
+    -1 -> 1, n -> n - 2 (numpy's and torch's "reflect")."""
+    i = i.abs()
+    return torch.where(i >= n, 2 * (n - 1) - i, i)
 
-    Batched with one gather; run it on uint8 images so the padding is black.
+
+def apply_crop_flip(x: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: int = 4,
+                    pad_mode: str = "reflect") -> Tensor:
+    """Pad `x` (N, C, H, W) by `padding` (`pad_mode`: "reflect" or "zero"), crop H x W at
+    (top, left) of the padded image, mirror where `flip`.
+
+    Batched with one gather from `x` itself (the padded image is never built); run it on
+    uint8 images, so that zero padding is black.
     """
     n, c, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4)
-    rows = top[:, None] + torch.arange(h, device=x.device)  # (N, H)
-    cols = left[:, None] + torch.arange(w, device=x.device)  # (N, W)
+    rows = top[:, None] + torch.arange(h, device=x.device) - padding  # (N, H), in x's frame
+    cols = left[:, None] + torch.arange(w, device=x.device) - padding  # (N, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
+    if pad_mode == "reflect":
+        src_rows, src_cols = _reflect(rows, h), _reflect(cols, w)
+    elif pad_mode == "zero":
+        src_rows, src_cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+    else:
+        raise UserError(f"pad_mode={pad_mode!r}: use one of {', '.join(PAD_MODES)}")
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+    out = x[batch, chan, src_rows[:, None, :, None], src_cols[:, None, None, :]]
+    if pad_mode == "zero":
+        outside_rows = ((rows < 0) | (rows >= h))[:, None, :, None]
+        outside_cols = ((cols < 0) | (cols >= w))[:, None, None, :]
+        out = out.masked_fill(outside_rows | outside_cols, 0)
+    return out
 
 
-def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
-    """Random `padding`-px zero-pad crop + horizontal flip of each image in `x` (N, C, H, W)."""
-    return apply_crop_flip(x, *crop_flip_params(len(x), generator, padding), padding=padding)
+def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4,
+                     pad_mode: str = "reflect") -> Tensor:
+    """Random `padding`-px padded crop + horizontal flip of each image in `x` (N, C, H, W)."""
+    params = crop_flip_params(len(x), generator, padding)
+    return apply_crop_flip(x, *params, padding=padding, pad_mode=pad_mode)
 
 
 def cutout_params(n: int, h: int, w: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -332,10 +357,12 @@ def _num_batches(n: int, batch_size: int, drop_last: bool) -> int:
 class DeviceLoader:
     """Batches from a uint8 image set held on `device`, augmented and normalized there.
 
-    augment: "none", "basic" (4-px zero-pad random crop + horizontal flip, on uint8 so the
-    padding is black, then normalize) or "cutout" (basic, normalize, then a 16x16 zero
-    square). All randomness comes from one generator reseeded from (seed, epoch) when an
-    epoch starts, so the same epoch always yields bit-identical batches on one device.
+    augment: "none", "basic" (4-px padded random crop + horizontal flip on uint8, padding
+    by `pad_mode`, then normalize) or "cutout" (basic, normalize, then a 16x16 zero
+    square). With `drop_last` the last partial batch of each (reshuffled) epoch is left
+    out, as in the official code. All randomness comes from one generator reseeded from
+    (seed, epoch) when an epoch starts, so the same epoch always yields bit-identical
+    batches on one device.
     Iterating to the end advances the epoch; `set_epoch` sets it explicitly (on resume).
     """
 
@@ -351,6 +378,7 @@ class DeviceLoader:
         shuffle: bool = True,
         drop_last: bool = True,
         seed: int = 0,
+        pad_mode: str = "reflect",
     ) -> None:
         if augment not in ("none", "basic", "cutout"):
             raise UserError(
@@ -361,7 +389,7 @@ class DeviceLoader:
         self.x = x_uint8.to(self.device)
         self.y = y.to(self.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.augment, self.seed = augment, seed
+        self.augment, self.seed, self.pad_mode = augment, seed, _check_pad_mode(pad_mode)
         self._len = _num_batches(len(self.x), batch_size, drop_last)
         self._finish = Normalize(self.device, mean, std, cutout=augment == "cutout")
         self.generator = torch.Generator(device=self.device)
@@ -387,24 +415,34 @@ class DeviceLoader:
             idx = order[i * bs : (i + 1) * bs]
             x = self.x[idx]
             if self.augment != "none":
-                x = random_crop_flip(x, g)
+                x = random_crop_flip(x, g, pad_mode=self.pad_mode)
             yield self._finish(x, g), self.y[idx]
         self.epoch += 1
 
 
-class _AADataset(torch.utils.data.Dataset):
-    """Per-sample RandomCrop(32, 4) + flip + AutoAugment(CIFAR10) on uint8 CHW tensors.
+def _check_pad_mode(pad_mode: str) -> str:
+    if pad_mode not in PAD_MODES:
+        raise UserError(f"augment.pad_mode={pad_mode!r}: use one of {', '.join(PAD_MODES)}")
+    return pad_mode
 
-    Indexed by (index, seed): each sample's transform runs under its own seed, so results
-    do not depend on num_workers or on which worker draws which sample.
+
+class _AADataset(torch.utils.data.Dataset):
+    """Per-sample AutoAugment(CIFAR10) + flip + RandomCrop(32, 4) on uint8 CHW tensors.
+
+    The order of the official SAM code (AutoAugment, then its basic crop and flip), and
+    AutoAugment's geometric operations fill with grey 128, as the AutoAugment reference
+    does; the crop pads by `pad_mode`. Indexed by (index, seed): each sample's transform
+    runs under its own seed, so results do not depend on num_workers or on which worker
+    draws which sample.
     """
 
-    def __init__(self, x: Tensor, y: Tensor) -> None:
+    def __init__(self, x: Tensor, y: Tensor, pad_mode: str = "reflect") -> None:
         self.x, self.y = x, y
         self.transform = v2.Compose([
-            v2.RandomCrop(32, padding=4),
+            v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=128),
             v2.RandomHorizontalFlip(),
-            v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+            v2.RandomCrop(32, padding=4, padding_mode=
+                          "reflect" if _check_pad_mode(pad_mode) == "reflect" else "constant"),
         ])
 
     def __len__(self) -> int:
@@ -473,10 +511,11 @@ class _ShardBatchSampler(torch.utils.data.Sampler):
 class AutoAugmentLoader:
     """DeviceLoader's interface for AutoAugment, which must run per image on the CPU.
 
-    A DataLoader applies RandomCrop(32, padding=4) + RandomHorizontalFlip +
-    AutoAugment(CIFAR10 policy) per sample (uint8, in `num_workers` processes); each batch
-    is then moved to `device`, normalized and given Cutout there, as in the SAM paper's
-    AutoAugment runs (the official code combines AutoAugment with Cutout).
+    A DataLoader applies AutoAugment(CIFAR10 policy) + RandomHorizontalFlip +
+    RandomCrop(32, padding=4) (`_AADataset`) per sample (uint8, in `num_workers`
+    processes); each batch is then moved to `device`, normalized and given Cutout there,
+    as in the SAM paper's AutoAugment runs (the official code adds Cutout as a batch-level
+    option).
 
     `set_shard(rank, world)` makes it fetch, augment and yield only one rank's rows of
     every batch, bit for bit the `tensor_split(world)[rank]` slices of its batches
@@ -495,6 +534,7 @@ class AutoAugmentLoader:
         drop_last: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        pad_mode: str = "reflect",
     ) -> None:
         self.device = torch.device(device)
         self.seed = seed
@@ -503,7 +543,7 @@ class AutoAugmentLoader:
         self.batches = _ShardBatchSampler(self.sampler, batch_size, drop_last)
         on_cuda = self.device.type == "cuda"
         self.loader = torch.utils.data.DataLoader(
-            _AADataset(x_uint8.cpu(), y.cpu()),
+            _AADataset(x_uint8.cpu(), y.cpu(), pad_mode),
             batch_sampler=self.batches,
             num_workers=num_workers,
             pin_memory=on_cuda,
@@ -559,21 +599,23 @@ def make_loader(
     drop_last: bool,
     seed: int,
     num_workers: int = 0,
+    pad_mode: str = "reflect",
 ) -> DeviceLoader | AutoAugmentLoader:
     """A loader yielding normalized (x, y) batches on `device` for augment in `AUGMENTS`.
 
     "none"/"basic"/"cutout" run batched on the device (`DeviceLoader`, which ignores
-    num_workers); "autoaugment" = crop + flip + AutoAugment per image on CPU workers, then
-    normalize + Cutout on the device (`AutoAugmentLoader`).
+    num_workers); "autoaugment" = AutoAugment + flip + crop per image on CPU workers, then
+    normalize + Cutout on the device (`AutoAugmentLoader`). The crop pads by `pad_mode`.
     """
     if augment == "autoaugment":
         return AutoAugmentLoader(
             splits_x, splits_y, batch_size, device, mean, std,
             shuffle=shuffle, drop_last=drop_last, seed=seed, num_workers=num_workers,
+            pad_mode=pad_mode,
         )
     if augment not in AUGMENTS:
         raise UserError(f"unknown augment {augment!r}: set it to one of {', '.join(AUGMENTS)}")
     return DeviceLoader(
         splits_x, splits_y, batch_size, device, mean, std,
-        augment=augment, shuffle=shuffle, drop_last=drop_last, seed=seed,
+        augment=augment, shuffle=shuffle, drop_last=drop_last, seed=seed, pad_mode=pad_mode,
     )

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import sam
 from sam import distributed
-from sam.data import load_dataset, make_loader
+from sam.data import PAD_MODES, load_dataset, make_loader
 from sam.errors import UserError
 from sam.measure import check_training_config, epoch_sharpness
 from sam.optim import sam_step
@@ -54,10 +54,15 @@ RESUME_FREE_KEYS = ("device", "progress", "data_dir", "compile", "nan_check_ever
                     "dataset.verify", "dataset.fallback_synthetic", "sharpness")
 
 
+# config keys added since runs were first recorded, with the value that a config
+# recorded before the key existed trained with
+KEYS_ADDED = {"augment.pad_mode": "zero"}
+
 # What the trainer does with a config, numbered; checkpoints record it, and a resume across
 # a change that alters how its config trains is refused (_refuse_changed_semantics).
 #   1: the first version.  2: m applies to plain optimizers too (BatchNorm shards).
-SEMANTICS = 2
+#   3: AutoAugment runs before the crop and flip, filling with grey (was: after, black).
+SEMANTICS = 3
 
 
 class Diverged(Exception):
@@ -182,6 +187,8 @@ def _validate_groups(cfg: DictConfig, need: Callable[[bool, str], None]) -> None
                  f"dataset.{key}={d[key]!r}: must be a positive integer")
     need(_is_int(cfg.nan_check_every) and cfg.nan_check_every >= 1,
          f"nan_check_every={cfg.nan_check_every!r}: must be an integer >= 1")
+    pad = cfg.augment.get("pad_mode", "reflect")
+    need(pad in PAD_MODES, f"augment.pad_mode={pad}: use one of {', '.join(PAD_MODES)}")
     workers = cfg.augment.get("num_workers", 0)
     need(_is_int(workers) and workers >= 0,
          f"augment.num_workers={workers!r}: must be an integer >= 0")
@@ -254,7 +261,8 @@ def build_data(cfg: DictConfig, device: torch.device) -> Data:
     common = dict(device=device, mean=splits.mean, std=splits.std, seed=cfg.seed)
     train = make_loader(splits.train_x, splits.train_y, batch_size=cfg.batch_size,
                         augment=cfg.augment.name, shuffle=True, drop_last=True,
-                        num_workers=cfg.augment.get("num_workers", 0), **common)
+                        num_workers=cfg.augment.get("num_workers", 0),
+                        pad_mode=cfg.augment.get("pad_mode", "reflect"), **common)
     evaluation = make_loader(eval_x, eval_y, batch_size=cfg.eval_batch_size, augment="none",
                              shuffle=False, drop_last=False, num_workers=0, **common)
     return Data(train, evaluation, splits.num_classes, splits.name,
@@ -398,13 +406,38 @@ def evaluate(model: nn.Module, loader, amp_dtype, device: torch.device) -> tuple
 
 
 def _comparable(config: dict) -> dict:
+    """``config`` without RESUME_FREE_KEYS and with KEYS_ADDED filled in where absent."""
     out = OmegaConf.create(config)
     for key in RESUME_FREE_KEYS:
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(out, parent) if parent else out
         if node is not None and leaf in node:
             del node[leaf]
+    for key, value in KEYS_ADDED.items():
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(out, parent)
+        if node is not None and leaf not in node:
+            node[leaf] = value
     return OmegaConf.to_container(out)
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as {"a.b": leaf}."""
+    if not isinstance(node, dict) or not node:
+        return {prefix.rstrip("."): node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flat(value, f"{prefix}{key}."))
+    return out
+
+
+def config_diff(stored: dict, config: dict, limit: int = 3) -> str:
+    """The first ``limit`` settings in which two configs differ: "key=old (now new)"."""
+    a, b = _flat(_comparable(stored)), _flat(_comparable(config))
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    text = "; ".join(f"{k}={a.get(k, '<unset>')} (now {b.get(k, '<unset>')})"
+                     for k in keys[:limit])
+    return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def _versions() -> dict[str, str]:
@@ -609,8 +642,9 @@ def _write_invocation(run_dir: Path, files: dict[str, Any], fresh: bool) -> None
 def _refuse_other_config(stored: dict, config: dict, run_dir: Path) -> None:
     """UserError when a run directory holds a run of another config."""
     if _comparable(stored) != _comparable(config):
-        raise UserError(f"{run_dir} holds a run with a different config: use a new run "
-                        "directory (hydra.run.dir=...) or the original overrides")
+        raise UserError(f"{run_dir} holds a run with a different config "
+                        f"({config_diff(stored, config)}): use a new run directory "
+                        "(hydra.run.dir=...) or the original overrides")
 
 
 def _refuse_changed_semantics(state: dict, cfg: DictConfig, run_dir: Path) -> None:
@@ -622,6 +656,10 @@ def _refuse_changed_semantics(state: dict, cfg: DictConfig, run_dir: Path) -> No
         raise UserError(f"{run_dir} began when m did not apply to {cfg.optim.name} "
                         "(BatchNorm over the whole batch); this version gives it BatchNorm "
                         f"shards of m={m}: train it in a new run directory")
+    if state.get("semantics", 1) < 3 and cfg.augment.name == "autoaugment":
+        raise UserError(f"{run_dir} began when AutoAugment ran after the crop and flip; this "
+                        "version runs it before them, as the official code: train it in a "
+                        "new run directory")
 
 
 def _checkpoint(net, optimizer, scheduler, scaler, epoch: int, config: dict, results: dict,

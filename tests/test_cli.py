@@ -13,8 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 from cifar_files import write_fake_cifar10
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
-from sam.train import amp_settings, precision_change
+from sam.errors import UserError
+from sam.train import (
+    SEMANTICS,
+    _refuse_changed_semantics,
+    _refuse_other_config,
+    amp_settings,
+    precision_change,
+)
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 ENV.pop("HYDRA_FULL_ERROR", None)
@@ -157,7 +166,7 @@ def test_sgd_with_m_from_before_m_applied_to_sgd_is_not_resumed(tmp_path):
     def rewind_to_epoch_1(run_dir: Path, drop_semantics: bool) -> None:
         ckpt = run_dir / "checkpoints" / "last.pt"
         state = torch.load(ckpt, weights_only=False)
-        assert state["semantics"] == 2
+        assert state["semantics"] == SEMANTICS
         if drop_semantics:
             del state["semantics"]
         state.update(epoch=1, history=state["history"][:1])
@@ -177,6 +186,31 @@ def test_sgd_with_m_from_before_m_applied_to_sgd_is_not_resumed(tmp_path):
             assert results(run_dir)["status"] == "running"  # nothing written
         else:
             assert proc.returncode == 0 and results(run_dir)["status"] == "complete"
+
+
+def _config(*overrides: str):
+    with initialize_config_module(config_module="sam.configs", version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def test_a_config_from_before_pad_mode_resumes_with_zero_padding_only(tmp_path):
+    """Runs recorded before augment.pad_mode padded with zeros: the same config with
+    pad_mode=zero resumes them; the new default (reflect) is refused, naming the setting."""
+    old = OmegaConf.to_container(_config(), resolve=True)
+    del old["augment"]["pad_mode"]
+    zero = OmegaConf.to_container(_config("augment.pad_mode=zero"), resolve=True)
+    _refuse_other_config(old, zero, tmp_path)
+    reflect = OmegaConf.to_container(_config(), resolve=True)
+    with pytest.raises(UserError, match=r"augment.pad_mode=zero \(now reflect\)"):
+        _refuse_other_config(old, reflect, tmp_path)
+
+
+def test_autoaugment_run_from_before_the_reorder_is_not_resumed(tmp_path):
+    aa = _config("augment=autoaugment")
+    with pytest.raises(UserError, match="AutoAugment ran after the crop"):
+        _refuse_changed_semantics({"semantics": 2}, aa, tmp_path)
+    _refuse_changed_semantics({"semantics": SEMANTICS}, aa, tmp_path)
+    _refuse_changed_semantics({"semantics": 2}, _config("augment=cutout"), tmp_path)
 
 
 def test_cifar_files_on_disk_go_through_the_real_loader(tmp_path):

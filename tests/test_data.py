@@ -10,11 +10,13 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 from cifar_files import write_fake_cifar10, write_fake_cifar100
+from torchvision.transforms import v2
 
 from sam.data import (
     CIFAR_STATS,
     AutoAugmentLoader,
     DeviceLoader,
+    _AADataset,
     apply_crop_flip,
     apply_cutout,
     crop_flip_params,
@@ -146,23 +148,36 @@ def _images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
 
 
-def test_random_crop_flip_matches_torchvision_reference():
+@pytest.mark.parametrize("pad_mode, tv_mode", [("reflect", "reflect"), ("zero", "constant")])
+def test_random_crop_flip_matches_torchvision_reference(pad_mode, tv_mode):
     x = _images(64)
     top, left, flip = crop_flip_params(64, torch.Generator().manual_seed(5))
     assert top.min() >= 0 and top.max() <= 8 and flip.any() and not flip.all()
-    out = random_crop_flip(x, torch.Generator().manual_seed(5))
+    out = random_crop_flip(x, torch.Generator().manual_seed(5), pad_mode=pad_mode)
     assert out.dtype == torch.uint8 and out.shape == x.shape
     for i in range(64):
-        ref = TF.crop(TF.pad(x[i], [4], fill=0), int(top[i]), int(left[i]), 32, 32)
+        padded = TF.pad(x[i], [4], fill=0, padding_mode=tv_mode)
+        ref = TF.crop(padded, int(top[i]), int(left[i]), 32, 32)
         if flip[i]:
             ref = TF.horizontal_flip(ref)
         assert torch.equal(out[i], ref), i
 
 
+def test_crop_flip_extremes_reflect_the_border_without_repeating_it():
+    x = _images(1).expand(2, -1, -1, -1)
+    corners, flip = torch.tensor([0, 8]), torch.tensor([False, False])
+    out = apply_crop_flip(x, corners, corners, flip)  # reflect: the default, as official
+    # top-left crop: padded rows 0..3 are image rows 4, 3, 2, 1 (row 0 is not repeated)
+    assert torch.equal(out[0, :, :4, 4:], x[0, :, [4, 3, 2, 1], :28])
+    assert torch.equal(out[0, :, 4:, :4], x[0, :, :28, [4, 3, 2, 1]])
+    # bottom-right crop: padded rows 32..35 are image rows 30, 29, 28, 27
+    assert torch.equal(out[1, :, 28:, :28], x[0, :, [30, 29, 28, 27], 4:])
+
+
 def test_crop_flip_extremes_pad_black():
     x = torch.full((2, 3, 32, 32), 255, dtype=torch.uint8)
     corners, flip = torch.tensor([0, 8]), torch.tensor([False, True])
-    out = apply_crop_flip(x, corners, corners, flip)
+    out = apply_crop_flip(x, corners, corners, flip, pad_mode="zero")
     assert (out[0, :, :4] == 0).all() and (out[0, :, :, :4] == 0).all()
     assert (out[0, :, 4:, 4:] == 255).all()
     # bottom-right crop, then flipped: black rows at the bottom, black columns on the left
@@ -284,6 +299,18 @@ def test_autoaugment_loader():
     again.set_epoch(2)
     for (xa, ya), (xb, yb) in zip(batches, again, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_autoaugment_runs_before_crop_and_flip_with_grey_fill():
+    """The official SAM order (AutoAugment, then the basic flip and crop), and the
+    AutoAugment reference's grey fill for rotate/shear/translate."""
+    steps = _AADataset(_images(2), torch.arange(2)).transform.transforms
+    assert [type(t).__name__ for t in steps] == ["AutoAugment", "RandomHorizontalFlip",
+                                                 "RandomCrop"]
+    assert steps[0].policy == v2.AutoAugmentPolicy.CIFAR10 and steps[0].fill == 128
+    assert steps[2].padding_mode == "reflect" and list(steps[2].padding) == [4, 4, 4, 4]
+    zero = _AADataset(_images(2), torch.arange(2), pad_mode="zero").transform.transforms[2]
+    assert zero.padding_mode == "constant" and zero.fill == 0
 
 
 def test_shard_rows_are_tensor_splits():
