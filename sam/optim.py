@@ -23,7 +23,9 @@ Weight decay (lambda) has two conventions, chosen by ``wd_mode``:
 * ``"base"`` (default): the base optimizer applies ``weight_decay`` at w, after the
   restore; the ascent direction is the gradient of the data loss only. This is the
   paper's objective (eq. 1: min_w L^SAM(w) + lambda ||w||^2, the sharpness term
-  involves L_S alone) and what the common PyTorch wrappers do.
+  involves L_S alone; torch's ``weight_decay=lambda`` adds lambda w, the gradient of
+  lambda/2 ||w||^2, the same convention as "loss") and what the common PyTorch
+  wrappers do.
 * ``"loss"``: the L2 term lambda/2 ||w||^2 behaves as if it were part of the loss,
   as in the official JAX implementation: the ascent gradient is g + lambda w and the
   descent gradient is grad L(w + eps) + lambda (w + eps); the base optimizer then
@@ -61,7 +63,9 @@ class SAM(torch.optim.Optimizer):
 
     Ascent: eps = rho g / ||g||_2 (p=2, norm over ALL parameters of all groups) or
     eps = rho sign(g) (p=inf). ASAM (adaptive=True, Kwon et al. 2021) uses
-    T_w = |w| + eta: eps = rho T_w^2 g / ||T_w g||_2 (p=2), rho T_w sign(g) (p=inf).
+    T_w = |w| + eta: eps = rho T_w^2 g / ||T_w g||_2 (p=2), rho T_w sign(g) (p=inf),
+    on every parameter (Kwon et al.'s code leaves biases unscaled: give them their own
+    group with adaptive=False to match it).
     Descent: the gradient taken at w + eps drives the base optimizer from the
     restored (bit-identical) w. The Hessian term of the full derivative is dropped.
     """
@@ -518,6 +522,7 @@ def _shards(model, optimizer, x, y, m, shard_step) -> tuple[Tensor, Tensor]:
     start = [b.clone() for b in bn_buffers]
     bn_sum = [torch.zeros_like(b, dtype=torch.float64) for b in bn_buffers]
     grad_sum = [torch.zeros_like(p) for p in params]
+    used = [False] * len(params)  # a parameter no shard reached keeps grad None, as unsharded
     losses, outs = [], []
     for xs, ys in zip(x.split(m), y.split(m), strict=True):
         if bn_buffers:
@@ -529,13 +534,14 @@ def _shards(model, optimizer, x, y, m, shard_step) -> tuple[Tensor, Tensor]:
         for total, b in zip(bn_sum, bn_buffers, strict=True):
             total.add_(b)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        used = [u or p.grad is not None for u, p in zip(used, params, strict=True)]
         torch._foreach_add_(grad_sum, grads)
     shards = len(losses)
     with torch.no_grad():
         for b, total in zip(bn_buffers, bn_sum, strict=True):
             b.copy_(total / shards)
-        for p, g in zip(params, torch._foreach_div(grad_sum, shards), strict=True):
-            p.grad = g
+        for p, g, u in zip(params, torch._foreach_div(grad_sum, shards), used, strict=True):
+            p.grad = g if u else None
     return torch.stack(losses).mean(), torch.cat(outs)
 
 

@@ -450,10 +450,17 @@ def _versions() -> dict[str, str]:
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name, or "cpu (<processor>, <N> threads)"."""
+    """The GPU's name, or "cpu (<model name>, <N> threads)" (the model from /proc/cpuinfo
+    where there is one: its instruction set decides amp=auto's precision)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    cpu = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu ({cpu}, {torch.get_num_threads()} threads)"
 
 
 def _now() -> str:
@@ -532,6 +539,7 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     if state is not None:
         _refuse_other_config(state["config"], config, run_dir)
         _refuse_changed_semantics(state, cfg, run_dir)
+        _refuse_other_world_size(state, run_dir)
         _restore(state, net, optimizer, scheduler, scaler, device)
         start_epoch = state["epoch"]
         results.update(history=state["history"], wall_time_s=state["wall_time_s"],
@@ -660,6 +668,18 @@ def _refuse_changed_semantics(state: dict, cfg: DictConfig, run_dir: Path) -> No
         raise UserError(f"{run_dir} began when AutoAugment ran after the crop and flip; this "
                         "version runs it before them, as the official code: train it in a "
                         "new run directory")
+
+
+def _refuse_other_world_size(state: dict, run_dir: Path) -> None:
+    """UserError when the checkpoint was written by another number of processes: the
+    per-rank batch sets BatchNorm's batches and SAM's per-rank eps (m), and every rank's
+    RNG state is in the checkpoint, so a run continues with the world it began with."""
+    before = len(state["rng_ranks"]) if state.get("rng_ranks") else 1
+    now = distributed.world_size()
+    if before != now:
+        raise UserError(f"{run_dir} was trained by {before} process(es), this is {now}: "
+                        f"resume it with {before} (torchrun --nproc_per_node={before}, or "
+                        "without torchrun for 1), or train it in a new run directory")
 
 
 def _checkpoint(net, optimizer, scheduler, scaler, epoch: int, config: dict, results: dict,

@@ -237,7 +237,10 @@ def results(args: argparse.Namespace, name: str, t: dict[str, float]) -> dict:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": name,
         "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "model": args.model, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
+        "warmup": args.warmup, "images": args.images, "workers": args.workers,
         "compile": args.compile, "m": args.m, "amp": args.amp,
         "precision": precision_name(args.autocast),
         "step_s": t,
@@ -272,23 +275,37 @@ def print_table(args: argparse.Namespace, out: dict) -> None:
           f"{out['sam_200_epochs_h']:.2f} h  (training steps only)")
 
 
+def _shard_steps(out: dict) -> tuple[str, str, str]:
+    """(SAM key, SGD key, m label) of the row: the faster shard implementation of each
+    when the run timed shards of m (--m), else the plain steps."""
+    m = out.get("m")
+    t = out["step_s"]
+    if not m or f"sam_m{m}_loop" not in t:
+        return "sam", "sgd", "B"
+    sam = min((k for k in t if k.startswith(f"sam_m{m}_")), key=t.__getitem__)
+    sgd = min((k for k in t if k.startswith(f"sgd_m{m}_")), key=t.__getitem__)
+    return sam, sgd, f"{m} ({sam.rsplit('_', 1)[1]})"
+
+
 def summary_row(out: dict) -> str:
     """One README table row (markdown) of a saved benchmark JSON; the epoch time is
-    derived from images/s, so JSONs written before it was recorded work too."""
-    ips = out["images_per_s"]
-    epoch = epoch_seconds(ips)["sam"]
-    ref = out.get("reference_over_ours_sam")
-    cells = [out["date"][:10], out["device"], f"{out['model']}, {out['batch']}",
+    derived from images/s, so JSONs written before it was recorded work too. A run with
+    --m reports its shard steps (m = 32 for the paper recipes); "B" is plain SAM/SGD."""
+    sam, sgd, m = _shard_steps(out)
+    ips, t = out["images_per_s"], out["step_s"]
+    epoch = epoch_seconds(ips)[sam]
+    ref = out.get("reference_over_ours_sam") if sam == "sam" else None
+    cells = [out["date"][:10], out["device"], f"{out['model']}, {out['batch']}", m,
              out.get("precision", "-"), "yes" if out.get("compile") else "no",
-             f"{ips['sam']:.0f}", f"{epoch:.1f} s",
-             f"{PAPER_EPOCHS * epoch / 3600:.2f} h", f"{out['sam_over_sgd']:.3f}",
+             f"{ips[sam]:.0f}", f"{epoch:.1f} s",
+             f"{PAPER_EPOCHS * epoch / 3600:.2f} h", f"{t[sam] / t[sgd]:.3f}",
              f"{ref:.2f}x" if ref else "-"]
     return "| " + " | ".join(cells) + " |"
 
 
 def summarize(paths: list[Path]) -> str:
     """A markdown table of the bench.py JSONs among ``paths`` (others are skipped)."""
-    header = ["date", "device", "model, batch", "precision", "compile", "ours SAM img/s",
+    header = ["date", "device", "model, batch", "m", "precision", "compile", "ours SAM img/s",
               "epoch (SAM)", f"{PAPER_EPOCHS} epochs", "SAM/SGD step", "ours vs reference"]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for path in paths:
@@ -310,7 +327,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; median taken")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--images", type=int, default=None, help="synthetic set size")
+    p.add_argument("--images", type=int, default=None,
+                   help="synthetic set size (default: enough batches that the reference "
+                        "DataLoader never starts a new epoch inside the timed steps)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
@@ -335,7 +354,8 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     args.autocast, _ = amp_settings(args.amp, device)  # our pipelines' dtype (None: fp32)
-    n = args.images or args.batch * 8
+    args.images = args.images or args.batch * (args.warmup + args.rounds * args.steps + 2)
+    n = args.images
     g = torch.Generator().manual_seed(0)
     x_all = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     y_all = torch.randint(0, 10, (n,), generator=g)

@@ -12,10 +12,12 @@ import json
 import statistics
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sam import SAM, sam_step  # noqa: E402
@@ -81,7 +83,10 @@ def main() -> None:
         print(f"{m:>5}{1000 * loop:>10.1f}{(1000 * vm if vm else float('nan')):>10.1f}"
               f"{ratio:>16.2f}")
         rows.append({"m": m, "loop_s": loop, "vmap_s": vm, "best_over_plain_sam": ratio})
-    out = {"device": name, "torch": torch.__version__, "model": args.model,
+    out = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "device": name,
+           "torch": torch.__version__, "torchvision": torchvision.__version__,
+           "cuda": torch.version.cuda, "model": args.model, "steps": args.steps,
+           "rounds": args.rounds,
            "batch": args.batch, "amp": args.amp, "precision": precision_name(amp), "rows": rows}
     print(json.dumps(out))
     if args.json:

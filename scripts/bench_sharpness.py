@@ -79,19 +79,6 @@ def build(name: str, num_classes: int) -> tuple[nn.Module, str]:
         return SmallCNN(num_classes), f"model: {FALLBACK} FALLBACK, {name!r} failed ({reason})"
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu} ({torch.get_num_threads()} torch threads)"
-
-
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -107,6 +94,7 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float
 
 def bench(model: nn.Module, args: argparse.Namespace, device: torch.device) -> None:
     from sam.sharpness import hvp_fn, lanczos, num_params
+    from sam.train import device_name
 
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.images, 3, 32, 32, generator=gen)

@@ -21,6 +21,7 @@ from sam.train import (
     SEMANTICS,
     _refuse_changed_semantics,
     _refuse_other_config,
+    _refuse_other_world_size,
     amp_settings,
     precision_change,
 )
@@ -211,6 +212,14 @@ def test_autoaugment_run_from_before_the_reorder_is_not_resumed(tmp_path):
         _refuse_changed_semantics({"semantics": 2}, aa, tmp_path)
     _refuse_changed_semantics({"semantics": SEMANTICS}, aa, tmp_path)
     _refuse_changed_semantics({"semantics": 2}, _config("augment=cutout"), tmp_path)
+
+
+def test_a_checkpoint_of_another_process_count_is_not_resumed(tmp_path):
+    """The per-rank batch sets BatchNorm's batches and SAM's per-rank eps: a run written
+    by 2 ranks (2 RNG states) does not go on in 1 process, nor the other way round."""
+    with pytest.raises(UserError, match=r"trained by 2 process\(es\), this is 1"):
+        _refuse_other_world_size({"rng_ranks": [{}, {}]}, tmp_path)
+    _refuse_other_world_size({"rng_ranks": None}, tmp_path)
 
 
 def test_cifar_files_on_disk_go_through_the_real_loader(tmp_path):

@@ -258,6 +258,20 @@ def test_linf_ascent_turns_an_overflow_into_a_non_finite_step() -> None:
     assert torch.equal(w.detach(), torch.tensor([1.0, 2.0, 3.0]))
 
 
+@pytest.mark.parametrize("optim", ["sgd", "sam"])
+def test_a_parameter_no_shard_uses_keeps_no_gradient(optim: str) -> None:
+    """As without shards: an unused parameter gets grad None, so weight decay and momentum
+    leave it alone (a zero gradient would decay it)."""
+    model = nn.ModuleDict({"net": mlp(), "aux": nn.Linear(2, 2).double()})
+    (x, y), aux0 = batch(), model["aux"].weight.detach().clone()
+    base = dict(lr=LR, momentum=MOM, weight_decay=WD)
+    opt = (SAM(model.parameters(), torch.optim.SGD, rho=RHO, **base) if optim == "sam"
+           else torch.optim.SGD(model.parameters(), **base))
+    sam_step(model["net"], opt, F.cross_entropy, x, y, m=2, shard_impl="loop")
+    assert model["aux"].weight.grad is None
+    assert torch.equal(model["aux"].weight, aux0)
+
+
 def shard_reference(model: nn.Module, x, y, m: int) -> dict:
     """Explicit per-shard loop: mean over shards of grad L_i(w + rho g_i/||g_i||)."""
     w0 = params_of(model)

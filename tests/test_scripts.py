@@ -44,7 +44,8 @@ def test_bench_summarizes_saved_json_into_readme_rows():
     rows = proc.stdout.strip().splitlines()
     assert len(rows) == 3 and rows[0].startswith("| date | device |")
     # precision "-": recorded only from session 3 on (that run was fp32)
-    assert rows[2].endswith("| resnet20, 128 | - | no | 272 | 183.6 s | 10.20 h | 1.983 | 1.38x |")
+    assert rows[2].endswith(
+        "| resnet20, 128 | B | - | no | 272 | 183.6 s | 10.20 h | 1.983 | 1.38x |")
 
 
 def test_bench_msharpness_runs_on_cpu(tmp_path):
@@ -104,10 +105,29 @@ def test_gpu_check_dry_run_delivers_every_result_to_out(tmp_path):
     assert "## outcome" in text and text.rstrip().endswith("0 step(s) failed")
     for step in GPU_CHECK_STEPS:
         assert f"## {step} " in text
-    assert re.search(r"\| resnet20, 16 \| (bf16|fp32) \| no \|", text)  # the summary table
+    assert re.search(r"\| resnet20, 16 \| B \| (bf16|fp32) \| no \|", text)  # summary table
+    # the m=8 run's row: its faster shard implementation, its own SAM/SGD ratio, no reference
+    assert re.search(r"\| resnet20, 16 \| 8 \((loop|vmap)\) \| (bf16|fp32) \| no \|.* \| - \|",
+                     text)
     assert "sam-train epoch 2: " in text and " 200 epochs " in text
     assert not list((REPO / "benchmarks").glob("*dryrun*"))  # a temporary folder instead
     assert not list((tmp_path / "tmp").glob("gpu_check_scratch.*"))  # wheels, run removed
+
+
+def test_gpu_check_skips_what_its_time_budget_cannot_fit(tmp_path):
+    """GPU_CHECK_BUDGET bounds the whole script (the issue's 8 minutes on the GPU machine):
+    with no budget left every step is skipped, said so, and counted as failed."""
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    env = ENV | {"OUT": str(out), "TMPDIR": str(tmp), "PYTHON": sys.executable,
+                 "GPU_CHECK_BUDGET": "0"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    (log,) = out.iterdir()
+    lines = log.read_text().splitlines()
+    for step in GPU_CHECK_STEPS:
+        assert any(line.startswith(step) and "SKIPPED (budget)" in line for line in lines)
 
 
 def test_gpu_check_goes_on_after_failures_and_says_so(tmp_path):
