@@ -108,13 +108,19 @@ def describe(cfg: Any) -> dict[str, Any]:
     world = world_size()
     per_rank = cfg.batch_size // world
     sync = bool(cfg.get("ddp_sync_ascent", False))
-    # SAM: the examples behind one eps; both optimizers: one BatchNorm statistics shard
-    effective_m = local_m(cfg) or per_rank
-    if cfg.optim.name == "sam" and sync:
-        effective_m = cfg.batch_size
     return {"world_size": world, "backend": dist.get_backend(), "per_rank_batch": per_rank,
             "sync_ascent": sync, "sync_bn": bool(cfg.get("sync_bn", False)),
-            "effective_m": effective_m}
+            "effective_m": effective_m(cfg)}
+
+
+def effective_m(cfg: Any) -> int:
+    """The examples behind one SAM eps (and, for both optimizers, one BatchNorm shard):
+    m, or the per-rank batch (the whole batch in one process); with SAM's
+    ``ddp_sync_ascent`` the global batch."""
+    sam = (cfg.get("optim") or {}).get("name") == "sam"
+    if world_size() > 1 and sam and cfg.get("ddp_sync_ascent", False):
+        return cfg.batch_size
+    return local_m(cfg) or cfg.batch_size // world_size()
 
 
 def local_m(cfg: Any) -> int | None:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from sam import distributed
 from sam.data import Normalize
 from sam.errors import UserError
 from sam.sharpness import hessian_summary, hvp_fn, m_sharpness, num_params, slq_density
@@ -52,9 +53,11 @@ def vector_dtype(name: str, key: str = "dtype") -> torch.dtype:
 def check_settings(
     *, k: int, iters: int, images: int, batch_size: int, trace_samples: int,
     m: Sequence[int | None], rho: float | None, ascent_steps: int = 1,
-    slq_runs: int = 0, slq_iters: int = 1, prefix: str = "",
+    slq_runs: int = 0, slq_iters: int = 1, prefix: str = "", m_prefix: str = "",
 ) -> None:
-    """Raise UserError (problem and fix on one line) for settings that cannot be measured."""
+    """Raise UserError (problem and fix on one line) for settings that cannot be measured;
+    the messages name the keys ``prefix`` + key, and ``prefix`` + ``m_prefix`` + key for
+    m, rho and ascent_steps."""
     def need(ok: bool, msg: str) -> None:
         if not ok:
             raise UserError(prefix + msg)
@@ -66,9 +69,9 @@ def check_settings(
     need(trace_samples >= 2, f"trace_samples={trace_samples}: must be >= 2 (standard error)")
     for value in m:
         need(value is None or (isinstance(value, int) and value >= 1),
-             f"m={value}: m-sharpness shard sizes must be positive integers")
-    need(rho is None or rho >= 0, f"rho={rho}: must be >= 0")
-    need(ascent_steps >= 1, f"ascent_steps={ascent_steps}: must be >= 1")
+             f"{m_prefix}m={value}: m-sharpness shard sizes must be positive integers")
+    need(rho is None or rho >= 0, f"{m_prefix}rho={rho}: must be >= 0")
+    need(ascent_steps >= 1, f"{m_prefix}ascent_steps={ascent_steps}: must be >= 1")
     need(slq_runs >= 0, f"slq.runs={slq_runs}: must be >= 0 (0 = no density)")
     need(slq_runs == 0 or slq_iters >= 2, f"slq.iters={slq_iters}: must be >= 2")
 
@@ -193,7 +196,7 @@ def epoch_sharpness(cfg: DictConfig, model: nn.Module, splits: Any, epoch: int,
     if s is None or (epoch % s.every != 0 and epoch != cfg.epochs):
         return {}
     device = next(model.parameters()).device
-    m = s.get("m") or cfg.get("m") or cfg.batch_size
+    m = s.get("m") or distributed.effective_m(cfg)  # under DDP m defaults to the per-rank batch
     rho = s.get("rho")
     if rho is None:
         rho = OmegaConf.select(cfg, "optim.rho", default=cfg.get("rho", 0.05))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 from collections import defaultdict
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam.results import RESULTS_FILE, atomic_write, read_json
+from sam.results import RESULTS_FILE, atomic_write, comparable_config, flat_config, read_json
 
 # Foret et al., "Sharpness-Aware Minimization for Efficiently Improving Generalization",
 # ICLR 2021 (arXiv 2010.01412v3), Table 1: test error (%), mean ± 95% interval over 5 runs,
@@ -107,6 +108,7 @@ CSV_FIELDS = [
     "rho",
     "m",
     "batch_size",
+    "sgd_m",
     "sgd_n",
     "sgd_mean",
     "sgd_std",
@@ -266,7 +268,8 @@ def collect(dirs: list[Path]) -> tuple[list[dict], list[dict]]:
 
     Returns (complete, others): ``complete`` are runs with status "complete", a usable summary
     and a finite ``final.test_error``; ``others`` are all the rest (failed, running, diverged,
-    unreadable JSON, or complete but unusable, with ``error`` saying why). Every dict is the
+    unreadable JSON, or complete but unusable, with ``error`` saying why; a second run of
+    the same training config and seed gets status "duplicate"). Every dict is the
     parsed results.json plus ``path``; files reached twice through overlapping dirs count once.
     """
     complete: list[dict] = []
@@ -286,7 +289,32 @@ def collect(dirs: list[Path]) -> tuple[list[dict], list[dict]]:
                 complete.append(run)
             else:
                 others.append({**run, "error": run.get("error") or problem})
-    return complete, others
+    first: dict[str, str] = {}
+    unique = []
+    for run in complete:  # a run trained twice is one measurement, not two seeds
+        identity = json.dumps(training_config(run) or run["summary"], sort_keys=True,
+                              default=str)
+        if identity in first:
+            others.append({**run, "status": "duplicate",
+                           "error": f"the same config and seed as {first[identity]}: "
+                                    "counted once"})
+        else:
+            first[identity] = run["path"]
+            unique.append(run)
+    return unique, others
+
+
+def training_config(run: dict[str, Any]) -> dict[str, Any] | None:
+    """What a run trained with: its resolved config without the keys that do not change
+    training (``sam.results.comparable_config``) and, for SGD, without the ``rho``
+    shortcut it ignores; None when results.json holds no config."""
+    config = run.get("config")
+    if not isinstance(config, dict) or not config:
+        return None
+    out = comparable_config(config)
+    if run["summary"]["optim"] == "sgd":
+        out.pop("rho", None)
+    return out
 
 
 # --------------------------------------------------------------------------- grouping
@@ -341,6 +369,7 @@ class Row:
     sam: Stats | None
     paper: tuple[str, str] | None  # the paper's (SGD, SAM) cells, as printed
     batch_sizes: tuple[Any, ...]
+    sgd_m: int | None = None  # the BatchNorm shards of the SGD runs (None: the batch)
 
     @property
     def diff(self) -> float | None:
@@ -378,30 +407,48 @@ def _batch_sizes(runs: Iterable[dict[str, Any]]) -> tuple[Any, ...]:
     return tuple(sorted({r["summary"].get("batch_size") for r in runs}, key=str))
 
 
+def _sgd_by_m(runs: list[dict]) -> dict[int | None, list[dict]]:
+    """SGD runs by their BatchNorm shard size m (m changes how SGD trains too)."""
+    by_m: dict[int | None, list[dict]] = defaultdict(list)
+    for run in runs:
+        if run["summary"]["optim"] == "sgd":
+            by_m[shard_m(run)].append(run)
+    return dict(sorted(by_m.items(), key=lambda kv: math.inf if kv[0] is None else kv[0]))
+
+
 def build_rows(complete: list[dict]) -> list[Row]:
-    """One row per (group, SAM setting); the SGD cell is repeated on each row of a group."""
+    """One row per (group, SAM setting), beside the SGD runs of the same m (or, when the
+    SGD runs all share one other m, those: e.g. plain SGD beside an m-sharpness sweep);
+    without SAM runs, one row per SGD m."""
     rows: list[Row] = []
     for key, runs in _by_group(complete).items():
-        sgd_runs = [r for r in runs if r["summary"]["optim"] == "sgd"]
-        sgd = t_interval(_errors(sgd_runs)) if sgd_runs else None
+        sgd_by_m = _sgd_by_m(runs)
         paper = paper_cells(key)
         settings = _by_setting([r for r in runs if r["summary"]["optim"] == "sam"])
-        if not settings:
-            rows.append(Row(key, None, sgd, None, paper, _batch_sizes(sgd_runs)))
+        shown = set()
         for setting, sam_runs in settings.items():
             sam = t_interval(_errors(sam_runs))
-            rows.append(Row(key, setting, sgd, sam, paper, _batch_sizes(sam_runs)))
+            m = setting[1] if setting[1] in sgd_by_m or len(sgd_by_m) != 1 else \
+                next(iter(sgd_by_m))
+            sgd_runs = sgd_by_m.get(m, [])
+            sgd = t_interval(_errors(sgd_runs)) if sgd_runs else None
+            shown.add(m if sgd_runs else ())
+            rows.append(Row(key, setting, sgd, sam, paper, _batch_sizes(sam_runs), m))
+        for m, sgd_runs in sgd_by_m.items():  # SGD runs no SAM row sits beside
+            if m not in shown:
+                rows.append(Row(key, None, t_interval(_errors(sgd_runs)), None, paper,
+                                _batch_sizes(sgd_runs), m))
     return rows
 
 
 def sgd_budget_lines(rows: list[Row]) -> list[str]:
     """The paper reports, for SGD, the better of E and 2E epochs (section 3.1). For each
     setting with SGD at both budgets: both means, the better one, and SAM(E) minus it."""
-    sgd_at = {row.group: row.sgd for row in rows if row.sgd is not None}
+    sgd_at = {(row.group, row.sgd_m): row.sgd for row in rows if row.sgd is not None}
     lines = []
     for row in rows:
         dataset, model, augment, epochs, eval_split = row.group
-        longer = sgd_at.get((dataset, model, augment, 2 * epochs, eval_split))
+        longer = sgd_at.get(((dataset, model, augment, 2 * epochs, eval_split), row.sgd_m))
         if row.sgd is None or longer is None:
             continue
         best = min(row.sgd.mean, longer.mean)
@@ -422,7 +469,7 @@ def _cells(complete: list[dict]) -> dict[tuple[Any, ...], list[dict]]:
     cells: dict[tuple[Any, ...], list[dict]] = defaultdict(list)
     for run in complete:
         optim = run["summary"]["optim"]
-        setting = sam_setting(run) if optim == "sam" else None
+        setting = sam_setting(run) if optim == "sam" else (None, shard_m(run))
         cells[(group_key(run), optim, setting)].append(run)
     return cells
 
@@ -440,6 +487,7 @@ def warnings_for(complete: list[dict]) -> list[str]:
         precisions = {run_precision(r) for r in runs}
         if len(precisions) > 1:
             notes.append(f"{where}: mixes precision = {', '.join(sorted(precisions))}")
+        notes += [f"{where}: mixes {key} = {values}" for key, values in _config_mix(runs)]
         shards = {_m_text(shard_m(r)) for r in runs}  # SGD cells: BatchNorm shard sizes
         if len(shards) > 1:
             notes.append(f"{where}: mixes m (BatchNorm shards) = {', '.join(sorted(shards))}")
@@ -448,6 +496,23 @@ def warnings_for(complete: list[dict]) -> list[str]:
         if repeated:
             notes.append(f"{where}: seed {', '.join(repeated)} appears more than once")
     return notes + _row_warnings(complete)
+
+
+# compared by the summary checks of warnings_for (the seed differs by design)
+_SUMMARY_CHECKED = {"seed", "lr", "lam", "batch_size", "m", "optim.lr", "optim.weight_decay"}
+
+
+def _config_mix(runs: list[dict], limit: int = 5) -> list[tuple[str, str]]:
+    """Training-config settings (see ``training_config``) that differ between the runs
+    of one cell, beyond those the summary checks cover: e.g. optim.adaptive or the
+    schedule. [(key, "v1, v2"), ...], at most ``limit``."""
+    flats = [flat_config(c) for c in map(training_config, runs) if c is not None]
+    if len(flats) < 2:
+        return []
+    keys = [k for k in dict.fromkeys(k for f in flats for k in f)
+            if k not in _SUMMARY_CHECKED and len({repr(f.get(k)) for f in flats}) > 1]
+    return [(k, ", ".join(sorted({str(f.get(k, "<unset>")) for f in flats})))
+            for k in keys[:limit]]
 
 
 def _row_warnings(complete: list[dict]) -> list[str]:
@@ -472,8 +537,10 @@ def _row_warnings(complete: list[dict]) -> list[str]:
 
 
 def _cell_text(cell: tuple[Any, ...]) -> str:
-    _, optim, setting = cell
-    return optim + (f" rho={setting[0]} m={_m_text(setting[1])}" if setting else "")
+    _, optim, (rho, m) = cell
+    if optim == "sgd":
+        return "sgd" if m is None else f"sgd m={m}"
+    return f"{optim} rho={rho} m={_m_text(m)}"
 
 
 # --------------------------------------------------------------------------- formatting
@@ -527,16 +594,19 @@ def table_lines(rows: list[Row]) -> list[str]:
     """The Markdown table of test errors (%)."""
     body = []
     for row in rows:
-        if row.setting is None:
-            rho, m = "-", "-"
+        if row.setting is None:  # SGD only: its m
+            rho, m = "-", _m_text(row.sgd_m, row.batch_sizes)
         else:
             rho, m = str(row.setting[0]), _m_text(row.setting[1], row.batch_sizes)
+        sgd = format_cell(row.sgd)
+        if row.sgd is not None and row.setting is not None and row.sgd_m != row.setting[1]:
+            sgd += f" [m={_m_text(row.sgd_m)}]"  # the only SGD runs of the group
         body.append(
             [
                 *row.group,
                 rho,
                 m,
-                format_cell(row.sgd),
+                sgd,
                 _paper_text(row.paper, 0),
                 format_cell(row.sam),
                 _paper_text(row.paper, 1),
@@ -614,10 +684,11 @@ def csv_text(rows: list[Row]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
     for row in rows:
-        rho, m = row.setting if row.setting else (None, None)
+        rho, m = row.setting if row.setting else (None, row.sgd_m)
         cells: list[Any] = [*row.group, "" if rho is None else rho]
-        cells.append("" if row.setting is None else _csv_m(m, row.batch_sizes))
+        cells.append(_csv_m(m, row.batch_sizes))
         cells.append(" ".join(str(b) for b in row.batch_sizes))
+        cells.append("" if row.sgd is None else _csv_m(row.sgd_m, row.batch_sizes))
         for index, stats in enumerate((row.sgd, row.sam)):
             if stats is None:
                 cells += ["", "", "", ""]
@@ -710,10 +781,10 @@ def _history_curve(runs: list[dict]) -> tuple[list[int], list[float]]:
     return epochs, [math.fsum(per_epoch[e]) / len(per_epoch[e]) for e in epochs]
 
 
-def _curve_label(optim: str, setting: Setting | None, runs: list[dict]) -> str:
-    if setting is None:
-        return f"SGD (n={len(runs)})"
+def _curve_label(optim: str, setting: Setting, runs: list[dict]) -> str:
     rho, m = setting
+    if optim == "sgd":
+        return "SGD" + ("" if m is None else f" m = {m}") + f" (n={len(runs)})"
     return f"SAM rho={rho} {_m_label(m, _batch_sizes(runs))} (n={len(runs)})"
 
 
@@ -746,7 +817,11 @@ def plot_curves(complete: list[dict], path: Path) -> bool:
 
 
 def _order_or_none(setting: Setting | None) -> tuple[float, float]:
-    return (-math.inf, -math.inf) if setting is None else _setting_order(setting)
+    """SGD cells ((None, m)) first, by m; then SAM settings by rho, m."""
+    if setting is None or setting[0] is None:
+        m = setting[1] if setting is not None else None
+        return (-math.inf, math.inf if m is None else m)
+    return _setting_order(setting)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -778,10 +853,12 @@ def _check_dirs(dirs: list[Path]) -> str | None:
     """A one-line complaint about missing directories or ones without results.json, or None."""
     missing = [str(d) for d in dirs if not d.exists()]
     if missing:
-        return f"sam-report: no such directory: {', '.join(missing)}"
+        return (f"sam-report: error: no such directory: {', '.join(missing)}: pass a sweep "
+                "or run directory (outputs/multirun/<date>/<time>)")
     empty = [str(d) for d in dirs if not _result_files(d)]
     if empty:
-        return f"sam-report: no {RESULTS_FILE} found under: {', '.join(empty)}"
+        return (f"sam-report: error: no {RESULTS_FILE} found under: {', '.join(empty)}: pass "
+                "the directory of sam-train runs (or wait until a run has started)")
     return None
 
 

@@ -24,6 +24,7 @@ results.json of one run (errors are percentages, 0-100):
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -35,6 +36,58 @@ import torch
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
+
+# config keys that may differ when a run directory is resumed (they do not change what
+# is trained)
+RESUME_FREE_KEYS = ("device", "progress", "data_dir", "compile", "nan_check_every",
+                    "eval_batch_size", "dataset.data_dir", "dataset.download",
+                    "dataset.verify", "dataset.fallback_synthetic", "sharpness")
+# config keys added since runs were first recorded, with the value that a config
+# recorded before the key existed trained with
+KEYS_ADDED = {"augment.pad_mode": "zero"}
+
+
+def _node(config: Any, path: list[str]) -> Any:
+    for key in path:
+        config = config.get(key) if isinstance(config, dict) else None
+    return config
+
+
+def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a run's resolved config as far as it decides what is trained: without
+    RESUME_FREE_KEYS, with KEYS_ADDED filled in where a config predates them."""
+    out = copy.deepcopy(config)
+    for key in RESUME_FREE_KEYS:
+        *parents, leaf = key.split(".")
+        node = _node(out, parents)
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    for key, value in KEYS_ADDED.items():
+        *parents, leaf = key.split(".")
+        node = _node(out, parents)
+        if isinstance(node, dict):
+            node.setdefault(leaf, value)
+    return out
+
+
+def flat_config(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as {"a.b": leaf}."""
+    if not isinstance(node, dict) or not node:
+        return {prefix.rstrip("."): node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(flat_config(value, f"{prefix}{key}."))
+    return out
+
+
+def config_diff(stored: dict[str, Any], config: dict[str, Any], limit: int = 3) -> str:
+    """The first ``limit`` settings in which two configs differ: "key=old (now new)"."""
+    a = flat_config(comparable_config(stored))
+    b = flat_config(comparable_config(config))
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    text = "; ".join(f"{k}={a.get(k, '<unset>')} (now {b.get(k, '<unset>')})"
+                     for k in keys[:limit])
+    return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def _file_mode() -> int:
@@ -90,18 +143,26 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f), binary=True)
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, Any] | None, str | None]:
+def load_checkpoint(
+    path: str | Path,
+) -> tuple[dict[str, Any] | None, Path | None, str | None]:
     """Load ``path``, falling back to ``*.prev.pt`` when it is missing or corrupt.
 
-    Returns (state or None, a note about a fallback or None)."""
+    Returns (state or None, the file it came from or None, a note about a fallback or
+    an unreadable file, or None)."""
     path = Path(path)
+    prev = path.with_suffix(".prev.pt")
     note = None
-    for candidate in (path, path.with_suffix(".prev.pt")):
+    for candidate in (path, prev):
         if not candidate.exists():
             continue
         try:
-            return torch.load(candidate, map_location="cpu", weights_only=False), note
+            state = torch.load(candidate, map_location="cpu", weights_only=False)
         except Exception as err:  # a truncated or corrupted file: try the older one
-            note = f"checkpoint {candidate} is unreadable ({type(err).__name__}); "
-            note += "falling back to the previous one"
-    return None, note
+            note = f"checkpoint {candidate} is unreadable ({type(err).__name__})"
+            continue
+        if candidate == prev:
+            note = (note or f"checkpoint {path} is missing") + \
+                f"; falling back to the previous one, {prev.name}"
+        return state, candidate, note
+    return None, None, note

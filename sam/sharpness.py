@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor, nn
@@ -332,8 +332,9 @@ def _gaussian_mixture(grid: Tensor, centres: Tensor, weights: Tensor, sigma: flo
     return torch.cat(chunks)
 
 
-def plot_density(grid: Tensor, density: Tensor, path: str | Path) -> Path:
-    """Write the spectral density ``phi(t)`` against the eigenvalue ``t`` as a PNG, log y-axis.
+def plot_density(grid: Tensor, density: Tensor, path: str | Path | BinaryIO) -> Any:
+    """Write the spectral density ``phi(t)`` against the eigenvalue ``t`` as a PNG, log y-axis,
+    to ``path`` (a file name, or an open binary file); returns ``path``.
 
     Uses matplotlib's Agg canvas directly (no pyplot, no global backend change); densities
     below ``1e-12 * max(density)`` are clipped there so the log scale stays readable.
@@ -341,8 +342,9 @@ def plot_density(grid: Tensor, density: Tensor, path: str | Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(path, str | Path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
     dens = density.detach().double().cpu()
     floor = max(float(dens.max()) * 1e-12, torch.finfo(torch.float64).tiny)
     fig = Figure(figsize=(6, 4))
@@ -354,7 +356,7 @@ def plot_density(grid: Tensor, density: Tensor, path: str | Path) -> Path:
     ax.set_ylabel("density (log scale)")
     ax.set_title("Hessian spectral density (SLQ)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     return path
 
 

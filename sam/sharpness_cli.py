@@ -15,6 +15,7 @@ directory) and prints a short summary. Options: configs/sharpness.yaml.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 import sam
 from sam.errors import UserError
 from sam.measure import check_settings, fixed_subset, measure, vector_dtype
-from sam.results import RESULTS_FILE, load_checkpoint, read_json, write_json
+from sam.results import RESULTS_FILE, atomic_write, load_checkpoint, read_json, write_json
 from sam.sharpness import plot_density
 from sam.train import device_name, load_splits, resolve_device
 
@@ -44,14 +45,18 @@ def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
     check_settings(k=cfg.k, iters=cfg.iters, images=cfg.images, batch_size=cfg.batch_size,
                    trace_samples=cfg.trace_samples, m=ms, rho=cfg.m_sharpness.rho,
                    ascent_steps=cfg.m_sharpness.ascent_steps, slq_runs=cfg.slq.runs,
-                   slq_iters=cfg.slq.iters)
+                   slq_iters=cfg.slq.iters, m_prefix="m_sharpness.")
     if cfg.m_sharpness.mode not in ("train", "eval"):
         raise UserError(f"m_sharpness.mode={cfg.m_sharpness.mode}: use train or eval")
     dtype = vector_dtype(cfg.dtype)
     run_dir, ckpt_path, out_dir = _locate(cfg)
-    state = _load_state(ckpt_path)
+    state, ckpt_path = _load_state(ckpt_path)
     results = _results(run_dir)
     config = results.get("config") or (state.get("config") if "model" in state else None)
+    if results.get("status") not in (None, "complete"):
+        epochs = (config or {}).get("epochs", "?")
+        print(f"sam-sharpness: warning: the run is {results['status']} (checkpoint of epoch "
+              f"{state.get('epoch')} of {epochs}): measuring it as it is", file=sys.stderr)
     if config is None:
         raise UserError(f"no run config for {ckpt_path}: pass run_dir=<its sam-train run "
                         "directory> (the one holding results.json)")
@@ -66,7 +71,10 @@ def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
     splits = load_splits(run_cfg)
     x, y = fixed_subset(splits.train_x, splits.train_y, cfg.images, cfg.seed, splits.mean,
                         splits.std, device)
-    default_m = min(run_cfg.get("m") or run_cfg.batch_size, len(x))  # SAM's own shard size
+    # SAM's own shard size: the run's m (results.json's, which under DDP is the per-rank
+    # batch), else the batch
+    run_m = (results.get("summary") or {}).get("m") or run_cfg.get("m") or run_cfg.batch_size
+    default_m = min(run_m, len(x))
     ms = [default_m if m is None else m for m in ms]
     ms = list(dict.fromkeys(ms))
     rho = cfg.m_sharpness.rho
@@ -79,9 +87,10 @@ def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     density = None
+    (out_dir / DENSITY_FILE).unlink(missing_ok=True)  # never beside a document without one
     if "density" in r:
         grid, dens = r["density"]
-        plot_density(grid, dens, out_dir / DENSITY_FILE)
+        atomic_write(out_dir / DENSITY_FILE, lambda f: plot_density(grid, dens, f), binary=True)
         density = {"runs": cfg.slq.runs, "iters": cfg.slq.iters, "grid": grid.tolist(),
                    "density": dens.tolist()}
     doc = {
@@ -92,7 +101,9 @@ def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
         "run_status": results.get("status"),
         "summary": results.get("summary"),
         "data": {"dataset": splits.name, "source": splits.source, "images": len(x),
-                 "seed": cfg.seed, "augment": "none"},
+                 "seed": cfg.seed, "augment": "none",
+                 # m-sharpness uses the first images // m * m of them for each m
+                 "m_sharpness_images": {str(m): len(x) // m * m for m in ms}},
         "settings": {"batch_size": cfg.batch_size, "k": cfg.k, "iters": cfg.iters,
                      "trace_samples": cfg.trace_samples, "dtype": cfg.dtype,
                      "hessian_mode": "eval"},
@@ -152,12 +163,16 @@ def _locate(cfg: DictConfig) -> tuple[Path | None, Path, Path]:
     return run_dir, ckpt, out
 
 
-def _load_state(path: Path) -> dict[str, Any]:
-    state, _ = load_checkpoint(path)
-    if not isinstance(state, dict):
+def _load_state(path: Path) -> tuple[dict[str, Any], Path]:
+    """The checkpoint's contents and the file they came from (``last.prev.pt`` when
+    ``last.pt`` is missing or unreadable: said on stderr)."""
+    state, loaded, note = load_checkpoint(path)
+    if not isinstance(state, dict) or loaded is None:
         raise UserError(f"checkpoint {path} is unreadable or not a sam-train checkpoint: "
                         "pass another checkpoint=")
-    return state
+    if note:
+        print(f"sam-sharpness: warning: {note}", file=sys.stderr)
+    return state, loaded
 
 
 def _results(run_dir: Path | None) -> dict[str, Any]:

@@ -39,6 +39,8 @@ from sam.results import (
     RESULTS_FILE,
     SCHEMA_VERSION,
     atomic_write,
+    comparable_config,
+    config_diff,
     load_checkpoint,
     read_json,
     remove_stale_temps,
@@ -47,16 +49,6 @@ from sam.results import (
 )
 
 log = logging.getLogger(__name__)
-
-# config keys that may differ when a run directory is resumed
-RESUME_FREE_KEYS = ("device", "progress", "data_dir", "compile", "nan_check_every",
-                    "eval_batch_size", "dataset.data_dir", "dataset.download",
-                    "dataset.verify", "dataset.fallback_synthetic", "sharpness")
-
-
-# config keys added since runs were first recorded, with the value that a config
-# recorded before the key existed trained with
-KEYS_ADDED = {"augment.pad_mode": "zero"}
 
 # What the trainer does with a config, numbered; checkpoints record it, and a resume across
 # a change that alters how its config trains is refused (_refuse_changed_semantics).
@@ -146,7 +138,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.m is not None:
         need(cfg.m >= 1 and cfg.batch_size % cfg.m == 0,
              f"m={cfg.m} does not divide batch_size={cfg.batch_size}: pick m from the "
-             f"divisors of the batch (or m=null for plain SAM)")
+             f"divisors of the batch (or m=null: the whole batch, no shards)")
     distributed.check_config(cfg, device)
     check_training_config(cfg)
 
@@ -405,41 +397,6 @@ def evaluate(model: nn.Module, loader, amp_dtype, device: torch.device) -> tuple
     return loss_sum.item() / n, 100.0 * wrong.item() / n
 
 
-def _comparable(config: dict) -> dict:
-    """``config`` without RESUME_FREE_KEYS and with KEYS_ADDED filled in where absent."""
-    out = OmegaConf.create(config)
-    for key in RESUME_FREE_KEYS:
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(out, parent) if parent else out
-        if node is not None and leaf in node:
-            del node[leaf]
-    for key, value in KEYS_ADDED.items():
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(out, parent)
-        if node is not None and leaf not in node:
-            node[leaf] = value
-    return OmegaConf.to_container(out)
-
-
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as {"a.b": leaf}."""
-    if not isinstance(node, dict) or not node:
-        return {prefix.rstrip("."): node}
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        out.update(_flat(value, f"{prefix}{key}."))
-    return out
-
-
-def config_diff(stored: dict, config: dict, limit: int = 3) -> str:
-    """The first ``limit`` settings in which two configs differ: "key=old (now new)"."""
-    a, b = _flat(_comparable(stored)), _flat(_comparable(config))
-    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k, "<unset>") != b.get(k, "<unset>")]
-    text = "; ".join(f"{k}={a.get(k, '<unset>')} (now {b.get(k, '<unset>')})"
-                     for k in keys[:limit])
-    return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
 def _versions() -> dict[str, str]:
     import hydra
     import torchvision
@@ -533,7 +490,7 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
         # per-rank ascent makes each rank a shard: the report must see that m
         results["summary"]["m"] = results["distributed"]["effective_m"]
     start_epoch = 0
-    state, note = load_checkpoint(ckpt_path)
+    state, _, note = load_checkpoint(ckpt_path)
     if note:
         log.warning(note)
     if state is not None:
@@ -649,7 +606,7 @@ def _write_invocation(run_dir: Path, files: dict[str, Any], fresh: bool) -> None
 
 def _refuse_other_config(stored: dict, config: dict, run_dir: Path) -> None:
     """UserError when a run directory holds a run of another config."""
-    if _comparable(stored) != _comparable(config):
+    if comparable_config(stored) != comparable_config(config):
         raise UserError(f"{run_dir} holds a run with a different config "
                         f"({config_diff(stored, config)}): use a new run directory "
                         "(hydra.run.dir=...) or the original overrides")

@@ -25,7 +25,8 @@
 # skipped and counted as failed. Estimated normal run on an H100: 5-6 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+# the project's venv when there is one (make setup), else the machine's python3
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 DRY=${GPU_CHECK_DRY:-0}
 [ "${1:-}" = "--dry-run" ] && DRY=1
 GRACE=2  # seconds between a step's SIGTERM and its SIGKILL

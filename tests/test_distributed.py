@@ -291,3 +291,17 @@ def test_torchrun_bad_split_is_one_line_per_rank(tmp_path):
     assert sorted(ln.split(":")[0] for ln in lines) == ["sam-train", "sam-train[rank 1]"]
     assert all("batch_size=33 is not divisible" in ln for ln in lines), proc.stderr
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_effective_m_is_the_examples_behind_one_eps(monkeypatch):
+    """m, else the per-rank batch (each rank its own eps), else with synchronised ascent
+    the global batch; what results.json's summary and the sharpness logging default to."""
+    cfg = OmegaConf.create({"m": None, "batch_size": 64, "optim": {"name": "sam"},
+                            "ddp_sync_ascent": False})
+    assert distributed.effective_m(cfg) == 64
+    monkeypatch.setattr(distributed, "world_size", lambda: 4)
+    assert distributed.effective_m(cfg) == 16
+    cfg.m = 8
+    assert distributed.effective_m(cfg) == 8
+    cfg.m, cfg.ddp_sync_ascent = None, True
+    assert distributed.effective_m(cfg) == 64

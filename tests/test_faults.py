@@ -72,9 +72,13 @@ def test_truncated_checkpoint_falls_back_to_previous(tmp_path):
     assert torch.load(path.with_suffix(".prev.pt"))["epoch"] == 1
     path.write_bytes(path.read_bytes()[:20])  # truncated
     TALLY["faults injected"] += 1
-    state, note = load_checkpoint(path)
-    assert state == {"epoch": 1}
+    state, loaded, note = load_checkpoint(path)
+    assert state == {"epoch": 1} and loaded == path.with_suffix(".prev.pt")
     assert "unreadable" in note and "previous" in note
+    path.unlink()  # killed between moving last.pt aside and writing the new one
+    state, loaded, note = load_checkpoint(path)
+    assert state == {"epoch": 1} and "last.pt is missing" in note
+    assert load_checkpoint(tmp_path / "none.pt") == (None, None, None)
 
 
 @pytest.mark.slow

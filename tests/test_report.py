@@ -157,7 +157,7 @@ def test_report_table_csv_and_other_runs(sweep: Path, tmp_path: Path, capsys) ->
     ]
     assert f"{half:.2f}" == "0.25"
     single = table_row(printed, "cifar100", "resnet18", "basic", "10", "test")
-    assert single[5:] == ["-", "-", "5.25 (n=1)", "", "-", "", "-"]
+    assert single[5:] == ["-", "B=128", "5.25 (n=1)", "", "-", "", "-"]  # SGD's own m
 
     for name, status, error in [
         ("failed", "failed", "CUDA OOM"),
@@ -256,15 +256,55 @@ def test_missing_or_empty_directories(tmp_path: Path, capsys) -> None:
     assert not (empty / "report.md").exists()
 
 
-def test_sgd_cell_mixing_batchnorm_shards_is_warned(tmp_path: Path, capsys) -> None:
+def test_sgd_with_other_batchnorm_shards_is_another_baseline(tmp_path: Path, capsys) -> None:
     """SGD with m=32 (8 accelerators' BatchNorm, as the paper) and with m = B are not the
-    same baseline: the report says so; m = batch size counts as m = B."""
+    same baseline: two SGD rows, each beside the SAM runs of its m; m = batch size counts
+    as m = B."""
     write_run(tmp_path, "a", "sgd", 0, 3.0, m=32)
     write_run(tmp_path, "b", "sgd", 1, 3.2)
     write_run(tmp_path, "c", "sgd", 2, 3.1, m=128)
+    write_run(tmp_path, "d", "sam", 0, 2.5, rho=0.05, m=32)
     assert main([str(tmp_path)]) == 0
-    assert "cifar10/wrn28_10/basic/200/test sgd: mixes m (BatchNorm shards) = 32, B" in \
-        capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "0.05", "32")[7:10] \
+        == ["3.00 (n=1)", "3.5 ± 0.1", "2.50 (n=1)"]
+    half = stats.t.ppf(0.975, 1) * (0.1 / math.sqrt(2)) / math.sqrt(2)
+    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "-", "B=128")[7] \
+        == f"3.15 ± {half:.2f} (n=2)"
+    assert "mixes" not in printed
+
+
+def test_sgd_runs_of_a_rho_sweep_count_once(tmp_path: Path, capsys) -> None:
+    """`-m optim=sgd,sam rho=0.02,0.05 seed=0,1` trains each SGD seed twice (SGD ignores
+    rho): one measurement per seed, the second listed as a duplicate; likewise a SAM run
+    trained twice. Runs that differ in any training setting are not duplicates."""
+    def config(optim: str, rho: float, seed: int, **optim_extra: Any) -> dict:
+        return {"rho": rho, "seed": seed, "device": "cpu", "lr": 0.1,
+                "optim": {"name": optim, "lr": 0.1, **({"rho": rho} if optim == "sam" else {}),
+                          **optim_extra}}
+    for rho in (0.02, 0.05):
+        for seed, err in enumerate((3.4, 3.6)):
+            for optim, e in (("sgd", err), ("sam", err - 0.8)):
+                path = write_run(tmp_path, f"{optim}_{rho}_{seed}", optim, seed, e, rho=rho)
+                run = read_json(path)
+                run["config"] = config(optim, rho, seed)
+                write_json(path, run)
+    again = write_run(tmp_path, "sam_again", "sam", 0, 2.0, rho=0.05)  # rerun, other device
+    run = read_json(again)
+    run["config"] = {**config("sam", 0.05, 0), "device": "cuda"}
+    write_json(again, run)
+    asam = write_run(tmp_path, "sam_adaptive", "sam", 1, 2.1, rho=0.05)
+    run = read_json(asam)
+    run["config"] = config("sam", 0.05, 1, adaptive=True)
+    write_json(asam, run)
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    row = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "0.02", "B=128")
+    assert row[7].endswith("(n=2)")  # SGD: 2 seeds, not 4 runs
+    duplicates = [line for line in printed.splitlines() if "| duplicate |" in line]
+    assert len(duplicates) == 3  # 2 SGD reruns under the other rho, the SAM rerun
+    assert all("counted once" in line for line in duplicates)
+    assert "rho=0.05 m=B: mixes optim.adaptive = <unset>, True" in printed  # ASAM beside SAM
 
 
 def test_cell_mixing_precisions_is_warned(tmp_path: Path, capsys) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,11 +126,33 @@ def test_sam_sharpness_on_a_run_dir_writes_json_and_png(runs, tmp_path):
     assert not (out / "hessian_density.png").exists()
 
 
+def test_sam_sharpness_says_what_it_measured_when_the_run_is_not_as_expected(runs, tmp_path):
+    """A truncated last.pt: the previous checkpoint is measured, said on stderr and
+    recorded; a failed run is measured with a warning; no stale density plot is left."""
+    _, on = runs
+    run = tmp_path / "run"
+    shutil.copytree(on, run)
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    r = results(run)
+    r["status"] = "failed"
+    (run / "results.json").write_text(json.dumps(r))
+    (run / "hessian_density.png").write_bytes(b"stale")
+    proc = sam_sharpness(f"run_dir={run}", *FAST, "slq.runs=0")
+    assert proc.returncode == 0, proc.stderr
+    assert "the run is failed (checkpoint of epoch 1 of 2)" in proc.stderr
+    assert "last.pt is unreadable" in proc.stderr and "last.prev.pt" in proc.stderr
+    doc = json.loads((run / "sharpness.json").read_text())
+    assert doc["checkpoint"].endswith("last.prev.pt") and doc["epoch"] == 1
+    assert doc["run_status"] == "failed" and not (run / "hessian_density.png").exists()
+
+
 @pytest.mark.parametrize("args, expected", [
     (["run_dir=/no/such/run"], "run_dir=/no/such/run is not a directory"),
     (["k=3"], "k=3: must be >= 5"),
     ([], "nothing to measure"),
     (["checkpoint=/no/such.pt"], "checkpoint=/no/such.pt does not exist"),
+    (["m_sharpness.rho=-0.1"], "m_sharpness.rho=-0.1: must be >= 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, expected):
     proc = sam_sharpness(*args)
