@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import json
 import math
 import sys
@@ -742,10 +743,11 @@ def _msharpness_axes(key: GroupKey, runs: list[dict], ax: Any) -> None:
         yerr = [s.half_width or 0.0 for s in stats]
         label = _m_label(m, _batch_sizes(r for rho in rhos for r in by_m[m][rho]))
         ax.errorbar(rhos, [s.mean for s in stats], yerr=yerr, marker="o", capsize=3, label=label)
-    sgd_runs = [r for r in runs if r["summary"]["optim"] == "sgd"]
-    if sgd_runs:
-        sgd = t_interval(_errors(sgd_runs))
-        ax.axhline(sgd.mean, color="k", linestyle="--", label=f"SGD (n={sgd.n})")
+    styles = itertools.cycle(("--", ":", "-."))
+    for (m, sgd_runs), style in zip(_sgd_by_m(runs).items(), styles, strict=False):
+        sgd = t_interval(_errors(sgd_runs))  # one line per SGD BatchNorm shard size
+        ax.axhline(sgd.mean, color="k", linestyle=style,
+                   label=f"SGD{'' if m is None else f' m = {m}'} (n={sgd.n})")
     all_rhos = sorted({sam_setting(r)[0] for r in sam_runs})
     if all_rhos[0] > 0 and all_rhos[-1] / all_rhos[0] >= 10:
         ax.set_xscale("log")

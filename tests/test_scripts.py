@@ -63,12 +63,13 @@ GPU_CHECK_STEPS = ("preflight", "bench wrn28_10", "bench wrn28_10_m32",
                    "bench wrn16_8", "m-sharpness")
 
 
-def run_gpu_check_dry(tmp_path: Path, python: str) -> tuple[subprocess.CompletedProcess, Path]:
+def run_gpu_check_dry(tmp_path: Path, python: str,
+                      **extra_env: str) -> tuple[subprocess.CompletedProcess, Path]:
     """scripts/gpu_check.sh --dry-run with OUT and TMPDIR inside tmp_path."""
     out, tmp = tmp_path / "out", tmp_path / "tmp"
     tmp.mkdir()
     env = ENV | {"OUT": str(out), "TMPDIR": str(tmp), "PYTHON": python,
-                 "OMP_WAIT_POLICY": "PASSIVE"}
+                 "OMP_WAIT_POLICY": "PASSIVE"} | extra_env
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run"],
                           env=env, capture_output=True, text=True, timeout=300)
     return proc, out
@@ -117,12 +118,7 @@ def test_gpu_check_dry_run_delivers_every_result_to_out(tmp_path):
 def test_gpu_check_skips_what_its_time_budget_cannot_fit(tmp_path):
     """GPU_CHECK_BUDGET bounds the whole script (the issue's 8 minutes on the GPU machine):
     with no budget left every step is skipped, said so, and counted as failed."""
-    out, tmp = tmp_path / "out", tmp_path / "tmp"
-    tmp.mkdir()
-    env = ENV | {"OUT": str(out), "TMPDIR": str(tmp), "PYTHON": sys.executable,
-                 "GPU_CHECK_BUDGET": "0"}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc, out = run_gpu_check_dry(tmp_path, sys.executable, GPU_CHECK_BUDGET="0")
     assert proc.returncode != 0
     (log,) = out.iterdir()
     lines = log.read_text().splitlines()
