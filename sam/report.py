@@ -5,10 +5,13 @@ Usage: ``sam-report DIR [DIR ...] [--out OUTDIR]`` (OUTDIR defaults to the first
 Every results.json under the given directories is read (see :mod:`sam.results` for the
 schema). Complete runs are grouped by ``(dataset, model, augment, epochs, eval_split)``
 (eval_split "val" = the held-out training tail: no paper value beside it); each group gives
-one table row per SAM setting ``(rho, m)`` (one row when there is a single setting or no SAM
-run), with SGD and SAM cells side by side, the paper's Table 1 value beside each cell where the
-setting matches, and the difference SAM - SGD of the means. Every other run (failed, running,
-diverged, unreadable) is listed with its path, status and error: none is dropped silently.
+one table row per SAM setting ``(rho, m)``, beside the SGD runs of the same m (BatchNorm
+shards change SGD too; when all SGD runs share one other m, those), plus a row for SGD runs
+of an m no SAM row uses; the paper's Table 1 value beside each cell where the setting
+matches, and the difference SAM - SGD of the means. A run trained twice with the same
+config and seed (SGD in a sweep over rho, a rerun) counts once. Every other run (failed,
+running, diverged, unreadable, duplicate) is listed with its path, status and error: none
+is dropped silently.
 
 Statistics of a cell, over its n seeds x_1..x_n (final-epoch test error in %, never the best
 epoch):

@@ -160,7 +160,8 @@ def _validate_groups(cfg: DictConfig, need: Callable[[bool, str], None]) -> None
         clip = o.get("max_grad_norm")
         need(clip is None or (_is_number(clip) and clip > 0),
              f"optim.max_grad_norm={clip}: must be a number > 0, or null (no clipping)")
-        need(_is_number(o.eta) and o.eta >= 0, f"optim.eta={o.eta}: must be a number >= 0")
+        eta = o.get("eta", 0.01)
+        need(_is_number(eta) and eta >= 0, f"optim.eta={eta}: must be a number >= 0")
     if "warmup_epochs" in s:
         w = s.warmup_epochs
         need(_is_number(w) and 0 <= w < cfg.epochs,
