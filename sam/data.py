@@ -254,6 +254,8 @@ def apply_crop_flip(x: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding:
     uint8 images, so that zero padding is black.
     """
     n, c, h, w = x.shape
+    if pad_mode == "reflect" and padding >= min(h, w):
+        raise ValueError(f"reflect padding {padding} needs images larger than it, got {h}x{w}")
     rows = top[:, None] + torch.arange(h, device=x.device) - padding  # (N, H), in x's frame
     cols = left[:, None] + torch.arange(w, device=x.device) - padding  # (N, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)

@@ -113,14 +113,15 @@ def describe(cfg: Any) -> dict[str, Any]:
             "effective_m": effective_m(cfg)}
 
 
-def effective_m(cfg: Any) -> int:
-    """The examples behind one SAM eps (and, for both optimizers, one BatchNorm shard):
-    m, or the per-rank batch (the whole batch in one process); with SAM's
-    ``ddp_sync_ascent`` the global batch."""
+def effective_m(cfg: Any, world: int | None = None) -> int:
+    """The examples behind one SAM eps (and, for both optimizers, one BatchNorm shard) in
+    a run of ``world`` processes (default: this one's): m, or the per-rank batch (the
+    whole batch in one process); with SAM's ``ddp_sync_ascent`` the global batch."""
+    world = world_size() if world is None else world
     sam = (cfg.get("optim") or {}).get("name") == "sam"
-    if world_size() > 1 and sam and cfg.get("ddp_sync_ascent", False):
+    if world > 1 and sam and cfg.get("ddp_sync_ascent", False):
         return cfg.batch_size
-    return local_m(cfg) or cfg.batch_size // world_size()
+    return local_m(cfg) or cfg.batch_size // world
 
 
 def local_m(cfg: Any) -> int | None:

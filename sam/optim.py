@@ -149,6 +149,18 @@ class SAM(torch.optim.Optimizer):
         norm = None
         if any(g["p"] == 2 for g in self.param_groups):
             norm = self._grad_norm()
+        self._moved = []
+        try:
+            self._ascend(norm)
+        except BaseException:  # leave no parameter half-way: back to w, nothing recorded
+            self._restore_moved()
+            raise
+        self.perturbed = True
+        if zero_grad:
+            self.zero_grad()
+
+    def _ascend(self, norm: Tensor | None) -> None:
+        """w <- w + eps for every parameter with a gradient, saving w first."""
         for group in self.param_groups:
             params = self._with_grad(group)
             if not params:
@@ -173,9 +185,12 @@ class SAM(torch.optim.Optimizer):
                 if group["adaptive"]:
                     torch._foreach_mul_(eps, self._scales(group, params))
             torch._foreach_add_(params, eps)
-        self.perturbed = True
-        if zero_grad:
-            self.zero_grad()
+
+    @torch.no_grad()
+    def _restore_moved(self) -> None:
+        if self._moved:
+            torch._foreach_copy_(self._moved, [self.state[p]["old_p"] for p in self._moved])
+        self._moved = []
 
     def _saved(self, p: Tensor) -> Tensor:
         state = self.state[p]
@@ -198,9 +213,7 @@ class SAM(torch.optim.Optimizer):
             params = self._with_grad(group)
             if params and group["l2"]:
                 torch._foreach_add_([p.grad for p in params], params, alpha=group["l2"])
-        if self._moved:
-            torch._foreach_copy_(self._moved, [self.state[p]["old_p"] for p in self._moved])
-        self._moved = []
+        self._restore_moved()
         self.perturbed = False
 
     @torch.no_grad()
@@ -423,7 +436,8 @@ def sam_step(
                 # shards: own BatchNorm statistics, one accelerator each (on CPU the small
                 # passes are faster than the one pass's extra copies)
                 loss, out = _shards(model, optimizer, inputs, targets, m, lambda xs, ys:
-                                    _forward_backward(model, loss_fn, xs, ys, amp_dtype, scaler))
+                                    _forward_backward(model, loss_fn, xs, ys, amp_dtype, scaler),
+                                    keep_unused_none=True)
             else:  # the same in one pass: BatchNorm computes per-shard statistics
                 with ghost_batchnorm(model, shards):
                     loss, out = _forward_backward(model, loss_fn, inputs, targets, amp_dtype,
@@ -505,14 +519,19 @@ def _sam_shard(model, optimizer, loss_fn, x, y, amp_dtype, scaler,
 def _sam_shards(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler) -> tuple[Tensor, Tensor]:
     """m-sharpness: per-shard SAM gradients averaged; BN stats averaged over shards."""
     return _shards(model, optimizer, x, y, m, lambda xs, ys: _sam_shard(
-        model, optimizer, loss_fn, xs, ys, amp_dtype, scaler))
+        model, optimizer, loss_fn, xs, ys, amp_dtype, scaler), keep_unused_none=False)
 
 
-def _shards(model, optimizer, x, y, m, shard_step) -> tuple[Tensor, Tensor]:
+def _shards(model, optimizer, x, y, m, shard_step,
+            keep_unused_none: bool) -> tuple[Tensor, Tensor]:
     """The batch in shards of m, one ``shard_step(xs, ys) -> (loss, out)`` each (which
     leaves the shard's gradient in p.grad), every shard starting from the same BatchNorm
     buffers: p.grad <- the mean of the shards' gradients, the BN buffers <- the mean of
-    the shards' updates (k accelerators of m examples, their results averaged)."""
+    the shards' updates (k accelerators of m examples, their results averaged).
+
+    A parameter no shard reaches keeps grad None with ``keep_unused_none`` (SGD: as the
+    one-pass path and an unsharded step), else gets zeros (SAM: as its vmap path, which
+    cannot tell an unused parameter from a zero gradient)."""
     params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
     # every shard's clean pass starts from the same BN buffers (num_batches_tracked
     # included), so each ends with one update from its own statistics; we keep the mean
@@ -522,7 +541,7 @@ def _shards(model, optimizer, x, y, m, shard_step) -> tuple[Tensor, Tensor]:
     start = [b.clone() for b in bn_buffers]
     bn_sum = [torch.zeros_like(b, dtype=torch.float64) for b in bn_buffers]
     grad_sum = [torch.zeros_like(p) for p in params]
-    used = [False] * len(params)  # a parameter no shard reached keeps grad None, as unsharded
+    used = [not keep_unused_none] * len(params)
     losses, outs = [], []
     for xs, ys in zip(x.split(m), y.split(m), strict=True):
         if bn_buffers:

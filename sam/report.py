@@ -296,8 +296,9 @@ def collect(dirs: list[Path]) -> tuple[list[dict], list[dict]]:
     first: dict[str, str] = {}
     unique = []
     for run in complete:  # a run trained twice is one measurement, not two seeds
-        identity = json.dumps(training_config(run) or run["summary"], sort_keys=True,
-                              default=str)
+        world = (run.get("distributed") or {}).get("world_size", 1)  # not in the config
+        identity = json.dumps([training_config(run) or run["summary"], shard_m(run), world],
+                              sort_keys=True, default=str)
         if identity in first:
             others.append({**run, "status": "duplicate",
                            "error": f"the same config and seed as {first[identity]}: "

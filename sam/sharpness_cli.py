@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import sam
+from sam import distributed
 from sam.errors import UserError
 from sam.measure import check_settings, fixed_subset, measure, vector_dtype
 from sam.results import RESULTS_FILE, atomic_write, load_checkpoint, read_json, write_json
@@ -71,9 +72,10 @@ def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
     splits = load_splits(run_cfg)
     x, y = fixed_subset(splits.train_x, splits.train_y, cfg.images, cfg.seed, splits.mean,
                         splits.std, device)
-    # SAM's own shard size: the run's m (results.json's, which under DDP is the per-rank
-    # batch), else the batch
-    run_m = (results.get("summary") or {}).get("m") or run_cfg.get("m") or run_cfg.batch_size
+    # SAM's own shard size: the run's m (results.json's; else from the config and the
+    # number of processes that wrote the checkpoint: under DDP the per-rank batch)
+    world = len(state.get("rng_ranks") or []) or 1
+    run_m = (results.get("summary") or {}).get("m") or distributed.effective_m(run_cfg, world)
     default_m = min(run_m, len(x))
     ms = [default_m if m is None else m for m in ms]
     ms = list(dict.fromkeys(ms))

@@ -587,6 +587,8 @@ def _previous_results(path: Path, config: dict) -> dict | None:
         previous = read_json(path)
     except ValueError:
         return None
+    if previous.get("summary") is None and not previous.get("history"):
+        return None  # a sweep job refused before it began (sam.cli): nothing to protect
     _refuse_other_config(previous.get("config", {}), config, path.parent)
     return previous
 

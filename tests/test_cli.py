@@ -214,6 +214,22 @@ def test_autoaugment_run_from_before_the_reorder_is_not_resumed(tmp_path):
     _refuse_changed_semantics({"semantics": 2}, _config("augment=cutout"), tmp_path)
 
 
+def test_a_sweep_job_refused_before_it_began_does_not_block_its_rerun(tmp_path):
+    """Its failed results.json (sam.cli) records a config that was never trained: a rerun
+    with the value fixed in a yaml, into the same directory, goes ahead."""
+    from sam.train import _previous_results
+
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"status": "failed", "error": "bad value", "summary": None,
+                                "config": {"epochs": 1}, "history": [], "final": None}))
+    assert _previous_results(path, {"epochs": 2}) is None
+    started = {"status": "failed", "summary": {"optim": "sam"}, "config": {"epochs": 1},
+               "history": [{"epoch": 1}]}
+    path.write_text(json.dumps(started))
+    with pytest.raises(UserError, match="different config"):
+        _previous_results(path, {"epochs": 2})
+
+
 def test_a_checkpoint_of_another_process_count_is_not_resumed(tmp_path):
     """The per-rank batch sets BatchNorm's batches and SAM's per-rank eps: a run written
     by 2 ranks (2 RNG states) does not go on in 1 process, nor the other way round."""

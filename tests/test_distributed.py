@@ -305,3 +305,6 @@ def test_effective_m_is_the_examples_behind_one_eps(monkeypatch):
     assert distributed.effective_m(cfg) == 8
     cfg.m, cfg.ddp_sync_ascent = None, True
     assert distributed.effective_m(cfg) == 64
+    assert distributed.effective_m(cfg, world=1) == 64 and cfg.ddp_sync_ascent
+    cfg.ddp_sync_ascent = False
+    assert distributed.effective_m(cfg, world=2) == 32  # a checkpoint of 2 ranks

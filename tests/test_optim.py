@@ -258,18 +258,53 @@ def test_linf_ascent_turns_an_overflow_into_a_non_finite_step() -> None:
     assert torch.equal(w.detach(), torch.tensor([1.0, 2.0, 3.0]))
 
 
-@pytest.mark.parametrize("optim", ["sgd", "sam"])
-def test_a_parameter_no_shard_uses_keeps_no_gradient(optim: str) -> None:
-    """As without shards: an unused parameter gets grad None, so weight decay and momentum
+class _WithUnusedLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net, self.aux = mlp(), nn.Linear(2, 2).double()  # aux: never called
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_sgd_shards_leave_an_unused_parameter_without_gradient() -> None:
+    """As the one-pass path and an unsharded step: grad None, so weight decay and momentum
     leave it alone (a zero gradient would decay it)."""
-    model = nn.ModuleDict({"net": mlp(), "aux": nn.Linear(2, 2).double()})
-    (x, y), aux0 = batch(), model["aux"].weight.detach().clone()
-    base = dict(lr=LR, momentum=MOM, weight_decay=WD)
-    opt = (SAM(model.parameters(), torch.optim.SGD, rho=RHO, **base) if optim == "sam"
-           else torch.optim.SGD(model.parameters(), **base))
-    sam_step(model["net"], opt, F.cross_entropy, x, y, m=2, shard_impl="loop")
-    assert model["aux"].weight.grad is None
-    assert torch.equal(model["aux"].weight, aux0)
+    model, (x, y) = _WithUnusedLayer(), batch()
+    aux0 = model.aux.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOM, weight_decay=WD)
+    sam_step(model, opt, F.cross_entropy, x, y, m=2, shard_impl="loop")
+    assert model.aux.weight.grad is None and torch.equal(model.aux.weight, aux0)
+
+
+def test_sam_shards_treat_an_unused_parameter_alike_in_loop_and_vmap() -> None:
+    """m=auto picks the loop on CPU and vmap on CUDA: one config must train the same way."""
+    models = {impl: _WithUnusedLayer() for impl in ("loop", "vmap")}
+    x, y = batch()
+    for impl, model in models.items():
+        opt = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=LR, momentum=MOM,
+                  weight_decay=WD)
+        sam_step(model, opt, F.cross_entropy, x, y, m=2, shard_impl=impl)
+    torch.testing.assert_close(models["loop"].aux.weight, models["vmap"].aux.weight,
+                               rtol=0, atol=1e-15)
+
+
+def test_a_failed_ascent_leaves_the_weights_at_w_and_nothing_to_restore_later() -> None:
+    model, (x, y) = mlp(), batch()
+    w0 = params_of(model)
+    first, second = list(model.parameters())[:2], list(model.parameters())[2:]
+    opt = SAM([{"params": first}, {"params": second, "adaptive": True}], torch.optim.SGD,
+              rho=RHO, lr=LR)
+    F.cross_entropy(model(x), y).backward()
+
+    def broken(group, params):
+        raise RuntimeError("injected")
+
+    opt._scales = broken  # the second group fails after the first one has moved
+    with pytest.raises(RuntimeError, match="injected"):
+        opt.first_step()
+    assert all(torch.equal(p, w0[k]) for k, p in model.named_parameters())
+    assert not opt.perturbed and opt._moved == []
 
 
 def shard_reference(model: nn.Module, x, y, m: int) -> dict:

@@ -307,6 +307,23 @@ def test_sgd_runs_of_a_rho_sweep_count_once(tmp_path: Path, capsys) -> None:
     assert "rho=0.05 m=B: mixes optim.adaptive = <unset>, True" in printed  # ASAM beside SAM
 
 
+def test_same_config_on_another_number_of_processes_is_not_a_duplicate(tmp_path: Path,
+                                                                        capsys) -> None:
+    """Under torchrun each rank perturbs alone (m = the per-rank batch), which the config
+    does not say: such a run is another measurement, in its own cell."""
+    for name, extra in (("single", {}), ("ddp", {"distributed": {"world_size": 4}})):
+        path = write_run(tmp_path, name, "sam", 0, 2.7, rho=0.05,
+                         m=32 if name == "ddp" else None)
+        run = read_json(path)
+        run.update(config={"seed": 0, "optim": {"name": "sam", "rho": 0.05}}, **extra)
+        write_json(path, run)
+    assert main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "duplicate" not in printed
+    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "0.05", "32")
+    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "0.05", "B=128")
+
+
 def test_cell_mixing_precisions_is_warned(tmp_path: Path, capsys) -> None:
     """bf16 and fp32 runs of one cell are named, so is a run resumed in another precision
     (its epochs' records) and one written before precision was recorded."""
