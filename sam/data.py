@@ -256,15 +256,14 @@ def apply_crop_flip(x: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding:
     n, c, h, w = x.shape
     if pad_mode == "reflect" and padding >= min(h, w):
         raise ValueError(f"reflect padding {padding} needs images larger than it, got {h}x{w}")
+    check_pad_mode(pad_mode)
     rows = top[:, None] + torch.arange(h, device=x.device) - padding  # (N, H), in x's frame
     cols = left[:, None] + torch.arange(w, device=x.device) - padding  # (N, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     if pad_mode == "reflect":
         src_rows, src_cols = _reflect(rows, h), _reflect(cols, w)
-    elif pad_mode == "zero":
-        src_rows, src_cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
     else:
-        raise UserError(f"pad_mode={pad_mode!r}: use one of {', '.join(PAD_MODES)}")
+        src_rows, src_cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
     out = x[batch, chan, src_rows[:, None, :, None], src_cols[:, None, None, :]]
@@ -391,7 +390,7 @@ class DeviceLoader:
         self.x = x_uint8.to(self.device)
         self.y = y.to(self.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.augment, self.seed, self.pad_mode = augment, seed, _check_pad_mode(pad_mode)
+        self.augment, self.seed, self.pad_mode = augment, seed, check_pad_mode(pad_mode)
         self._len = _num_batches(len(self.x), batch_size, drop_last)
         self._finish = Normalize(self.device, mean, std, cutout=augment == "cutout")
         self.generator = torch.Generator(device=self.device)
@@ -422,7 +421,8 @@ class DeviceLoader:
         self.epoch += 1
 
 
-def _check_pad_mode(pad_mode: str) -> str:
+def check_pad_mode(pad_mode: str) -> str:
+    """``pad_mode`` if it is one of PAD_MODES, else UserError naming the setting."""
     if pad_mode not in PAD_MODES:
         raise UserError(f"augment.pad_mode={pad_mode!r}: use one of {', '.join(PAD_MODES)}")
     return pad_mode
@@ -444,7 +444,7 @@ class _AADataset(torch.utils.data.Dataset):
             v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=128),
             v2.RandomHorizontalFlip(),
             v2.RandomCrop(32, padding=4, padding_mode=
-                          "reflect" if _check_pad_mode(pad_mode) == "reflect" else "constant"),
+                          "reflect" if check_pad_mode(pad_mode) == "reflect" else "constant"),
         ])
 
     def __len__(self) -> int:

@@ -248,6 +248,12 @@ def rng_states(device: torch.device) -> list[dict] | None:
     return all_gather_object(rng_state(device))
 
 
+def checkpoint_world_size(state: dict) -> int:
+    """How many processes wrote a checkpoint: one ``rng_states`` entry per rank (None in
+    one process)."""
+    return len(state.get("rng_ranks") or []) or 1
+
+
 def restore_rng(states: list[dict] | None, device: torch.device) -> None:
     """Set this rank's RNG from ``rng_states`` of a checkpoint of the same world size."""
     if not is_distributed() or not states or len(states) != world_size():

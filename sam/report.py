@@ -437,7 +437,8 @@ def build_rows(complete: list[dict]) -> list[Row]:
                 next(iter(sgd_by_m))
             sgd_runs = sgd_by_m.get(m, [])
             sgd = t_interval(_errors(sgd_runs)) if sgd_runs else None
-            shown.add(m if sgd_runs else ())
+            if sgd_runs:
+                shown.add(m)
             rows.append(Row(key, setting, sgd, sam, paper, _batch_sizes(sam_runs), m))
         for m, sgd_runs in sgd_by_m.items():  # SGD runs no SAM row sits beside
             if m not in shown:
@@ -483,7 +484,8 @@ def warnings_for(complete: list[dict]) -> list[str]:
     """Cells that mix settings other than the seed (lr, batch size, precision, ...) or
     repeat a seed."""
     notes: list[str] = []
-    for (key, optim, setting), runs in _cells(complete).items():
+    cells = _cells(complete)
+    for (key, optim, setting), runs in cells.items():
         where = f"{'/'.join(map(str, key))} {_cell_text((key, optim, setting))}"
         for name in UNIFORM_KEYS:
             values = {str(r["summary"].get(name)) for r in runs}
@@ -500,7 +502,7 @@ def warnings_for(complete: list[dict]) -> list[str]:
         repeated = sorted({str(s) for s in seeds if seeds.count(s) > 1})
         if repeated:
             notes.append(f"{where}: seed {', '.join(repeated)} appears more than once")
-    return notes + _row_warnings(complete)
+    return notes + _row_warnings(cells)
 
 
 # compared by the summary checks of warnings_for (the seed differs by design)
@@ -520,15 +522,15 @@ def _config_mix(runs: list[dict], limit: int = 5) -> list[tuple[str, str]]:
             for k in keys[:limit]]
 
 
-def _row_warnings(complete: list[dict]) -> list[str]:
+def _row_warnings(cells: dict[tuple[Any, ...], list[dict]]) -> list[str]:
     """Groups whose cells are each uniform in a UNIFORM_KEYS setting but differ from one
     another (e.g. SGD at lr 0.1 beside SAM at lr 0.05): SAM - SGD would compare them."""
     notes: list[str] = []
-    cells = _cells(complete)
-    for key in _by_group(complete):
-        mine = {cell: runs for cell, runs in sorted(
-            cells.items(), key=lambda kv: (OPTIMS.index(kv[0][1]), _order_or_none(kv[0][2])))
-            if cell[0] == key}
+    by_group: dict[GroupKey, dict[tuple[Any, ...], list[dict]]] = defaultdict(dict)
+    for cell, runs in sorted(cells.items(), key=lambda kv: (
+            _group_order(kv[0][0]), OPTIMS.index(kv[0][1]), _order_or_none(kv[0][2]))):
+        by_group[cell[0]][cell] = runs
+    for key, mine in by_group.items():
         for name in UNIFORM_KEYS:
             per_cell = {cell: {str(r["summary"].get(name)) for r in runs}
                         for cell, runs in mine.items()}
@@ -751,7 +753,7 @@ def _msharpness_axes(key: GroupKey, runs: list[dict], ax: Any) -> None:
     for (m, sgd_runs), style in zip(_sgd_by_m(runs).items(), styles, strict=False):
         sgd = t_interval(_errors(sgd_runs))  # one line per SGD BatchNorm shard size
         ax.axhline(sgd.mean, color="k", linestyle=style,
-                   label=f"SGD{'' if m is None else f' m = {m}'} (n={sgd.n})")
+                   label=_curve_label("sgd", (None, m), sgd_runs))
     all_rhos = sorted({sam_setting(r)[0] for r in sam_runs})
     if all_rhos[0] > 0 and all_rhos[-1] / all_rhos[0] >= 10:
         ax.set_xscale("log")

@@ -74,7 +74,7 @@ def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
                         splits.std, device)
     # SAM's own shard size: the run's m (results.json's; else from the config and the
     # number of processes that wrote the checkpoint: under DDP the per-rank batch)
-    world = len(state.get("rng_ranks") or []) or 1
+    world = distributed.checkpoint_world_size(state)
     run_m = (results.get("summary") or {}).get("m") or distributed.effective_m(run_cfg, world)
     default_m = min(run_m, len(x))
     ms = [default_m if m is None else m for m in ms]

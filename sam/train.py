@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import sam
 from sam import distributed
-from sam.data import PAD_MODES, load_dataset, make_loader
+from sam.data import check_pad_mode, load_dataset, make_loader
 from sam.errors import UserError
 from sam.measure import check_training_config, epoch_sharpness
 from sam.optim import sam_step
@@ -98,20 +98,18 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise UserError(msg)
 
-    kinds = {"epochs": int, "batch_size": int, "eval_batch_size": int, "seed": int,
-             "lr": (int, float), "lam": (int, float)}
+    kinds = {"epochs": _is_int, "batch_size": _is_int, "eval_batch_size": _is_int,
+             "seed": _is_int, "lr": _is_number, "lam": _is_number}
     if cfg.optim.name == "sam":
-        kinds["rho"] = (int, float)
-    for key, kind in kinds.items():
+        kinds["rho"] = _is_number
+    for key, is_kind in kinds.items():
         value = cfg[key]
-        need(isinstance(value, kind) and not isinstance(value, bool),
-             f"{key}={value!r}: must be a number ({'an integer' if kind is int else 'a float'})")
-    need(cfg.m is None or (isinstance(cfg.m, int) and not isinstance(cfg.m, bool)),
-         f"m={cfg.m!r}: must be an integer or null")
+        need(is_kind(value), f"{key}={value!r}: must be a number "
+             f"({'an integer' if is_kind is _is_int else 'a float'})")
+    need(cfg.m is None or _is_int(cfg.m), f"m={cfg.m!r}: must be an integer or null")
     need(cfg.epochs >= 1, f"epochs={cfg.epochs}: must be >= 1")
     _validate_groups(cfg, need)
     d = cfg.dataset
-    need(0 <= d.val_fraction < 1, f"dataset.val_fraction={d.val_fraction}: must be in [0, 1)")
     for key in ("subset", "test_subset"):
         need(d[key] is None or (isinstance(d[key], int) and d[key] >= 1),
              f"dataset.{key}={d[key]}: must be a positive integer or null")
@@ -172,16 +170,15 @@ def _validate_groups(cfg: DictConfig, need: Callable[[bool, str], None]) -> None
              f"each in (0, 1)")
         need(_is_number(s.gamma) and s.gamma > 0,
              f"schedule.gamma={s.gamma}: must be a number > 0 (0.2 multiplies lr by 0.2)")
-    need(_is_number(d.val_fraction), f"dataset.val_fraction={d.val_fraction!r}: must be a "
-         "number in [0, 1)")
+    need(_is_number(d.val_fraction) and 0 <= d.val_fraction < 1,
+         f"dataset.val_fraction={d.val_fraction!r}: must be a number in [0, 1)")
     for key in ("train_size", "test_size"):
         if key in d:
             need(_is_int(d[key]) and d[key] >= 1,
                  f"dataset.{key}={d[key]!r}: must be a positive integer")
     need(_is_int(cfg.nan_check_every) and cfg.nan_check_every >= 1,
          f"nan_check_every={cfg.nan_check_every!r}: must be an integer >= 1")
-    pad = cfg.augment.get("pad_mode", "reflect")
-    need(pad in PAD_MODES, f"augment.pad_mode={pad}: use one of {', '.join(PAD_MODES)}")
+    check_pad_mode(cfg.augment.get("pad_mode", "reflect"))
     workers = cfg.augment.get("num_workers", 0)
     need(_is_int(workers) and workers >= 0,
          f"augment.num_workers={workers!r}: must be an integer >= 0")
@@ -634,7 +631,7 @@ def _refuse_other_world_size(state: dict, run_dir: Path) -> None:
     """UserError when the checkpoint was written by another number of processes: the
     per-rank batch sets BatchNorm's batches and SAM's per-rank eps (m), and every rank's
     RNG state is in the checkpoint, so a run continues with the world it began with."""
-    before = len(state["rng_ranks"]) if state.get("rng_ranks") else 1
+    before = distributed.checkpoint_world_size(state)
     now = distributed.world_size()
     if before != now:
         raise UserError(f"{run_dir} was trained by {before} process(es), this is {now}: "
