@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from sam.errors import UserError
+from sam.runtime import rng_state, set_rng_state
 
 # Hydra overrides for ranks > 0 under torchrun: no run directory, no .hydra/, no log
 # file and no console logging of their own (rank 0 tells them its run directory).
@@ -226,19 +227,6 @@ def seed_rank(seed: int) -> None:
     r = rank()
     if is_distributed() and r > 0:
         torch.manual_seed(((seed + 1) * 1_000_003 + r) % 2**63)
-
-
-def rng_state(device: torch.device) -> dict[str, Tensor | None]:
-    """This process's torch RNG state: the CPU generator and ``device``'s CUDA one."""
-    return {"cpu": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def set_rng_state(state: dict[str, Tensor | None], device: torch.device) -> None:
-    """Put back an ``rng_state`` (the CUDA part only on a CUDA device)."""
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def rng_states(device: torch.device) -> list[dict] | None:

@@ -16,7 +16,7 @@ results.json of one run (errors are percentages, 0-100):
                     precision (bf16, fp16 or fp32: what amp resolved to); with
                     sharpness.every > 0 also sharpness_lambda_max, sharpness_lambda_ratio,
                     sharpness_trace, sharpness_trace_stderr, sharpness_m_sharpness,
-                    sharpness_time_s on the measured epochs (sam/measure.py)
+                    sharpness_time_s on the measured epochs (sam/sharpness/measurement.py)
     final           the last epoch's metrics (never the best epoch) or null
     wall_time_s, images_per_sec, device, precision (of the latest session), versions,
                     started_at, updated_at

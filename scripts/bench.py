@@ -47,7 +47,8 @@ from sam import SAM, sam_step  # noqa: E402
 from sam.data import DeviceLoader  # noqa: E402
 from sam.models import build_model  # noqa: E402
 from sam.results import write_json  # noqa: E402
-from sam.train import EpochMeter, amp_settings, device_name, precision_name  # noqa: E402
+from sam.runtime import amp_settings, device_name, precision_name  # noqa: E402
+from sam.train import EpochMeter  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 Step = Callable[[], None]  # one training step of a pipeline, timed by the caller

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sam import SAM, sam_step  # noqa: E402
 from sam.models import build_model  # noqa: E402
 from sam.results import write_json  # noqa: E402
-from sam.train import amp_settings, device_name, precision_name  # noqa: E402
+from sam.runtime import amp_settings, device_name, precision_name  # noqa: E402
 
 
 def main() -> None:

@@ -93,8 +93,8 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float
 
 
 def bench(model: nn.Module, args: argparse.Namespace, device: torch.device) -> None:
+    from sam.runtime import device_name
     from sam.sharpness import hvp_fn, lanczos, num_params
-    from sam.train import device_name
 
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.images, 3, 32, 32, generator=gen)

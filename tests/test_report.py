@@ -108,12 +108,17 @@ def table_row(text: str, *first_cells: str) -> list[str]:
     raise AssertionError(f"no row {first_cells} in\n{text}")
 
 
-def test_t_quantile_matches_scipy() -> None:
-    for df in range(1, 41):
-        assert t_quantile(0.975, df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)
+def test_t_quantile_table_values() -> None:
+    """Two-sided 95% quantiles t_{0.975, df} from printed t tables (3 decimals), so a wrong
+    call (the one-sided ppf(0.95), p and df swapped) fails; t_{0.95, 4} for contrast."""
+    for df, table in [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045)]:
+        assert round(t_quantile(0.975, df), 3) == table, df
     assert t_quantile(0.975, 2) == pytest.approx(T_975_2, abs=1e-12)
+    assert round(t_quantile(0.95, 4), 3) == 2.132  # one-sided 95%: not the interval's
     assert t_quantile(0.025, 5) == pytest.approx(-t_quantile(0.975, 5))
-    assert t_quantile(0.95, 7) == pytest.approx(stats.t.ppf(0.95, 7), abs=1e-9)
+    for p, df in [(0.0, 3), (1.0, 3), (0.975, 0), (0.975, 1.5)]:
+        with pytest.raises(ValueError):
+            t_quantile(p, df)
 
 
 def test_t_interval_by_hand() -> None:

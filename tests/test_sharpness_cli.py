@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sam.errors import UserError
-from sam.measure import epoch_sharpness
+from sam.sharpness import epoch_sharpness
 from sam.train import validate
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -33,7 +33,7 @@ SHARPNESS_KEYS = ("sharpness_lambda_max", "sharpness_lambda_ratio", "sharpness_t
 
 
 def sam_sharpness(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sam.sharpness_cli", *args], env=ENV,
+    return subprocess.run([sys.executable, "-m", "sam.cli.sharpness", *args], env=ENV,
                           text=True, capture_output=True, timeout=300, cwd=cwd)
 
 

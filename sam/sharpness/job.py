@@ -1,7 +1,7 @@
 """``sam-sharpness``: Hessian spectrum and m-sharpness of a trained run.
 
     sam-sharpness run_dir=outputs/<date>/<time> [images=1000 k=5 iters=50 ...]
-    python -m sam.sharpness_cli run_dir=...          # the same, without the console script
+    python -m sam.cli.sharpness run_dir=...          # the same, without the console script
 
 Rebuilds the model and the dataset from the run's resolved config (``results.json``, or the
 config saved in the checkpoint), loads ``checkpoints/last.pt`` (or ``checkpoint=``), and
@@ -25,13 +25,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-import sam
 from sam import distributed
+from sam.data import load_splits
 from sam.errors import UserError
-from sam.measure import check_settings, fixed_subset, measure, vector_dtype
 from sam.results import RESULTS_FILE, atomic_write, load_checkpoint, read_json, write_json
-from sam.sharpness import plot_density
-from sam.train import device_name, load_splits, resolve_device
+from sam.runtime import device_name, resolve_device, versions
+from sam.sharpness.density import plot_density
+from sam.sharpness.measurement import check_settings, fixed_subset, measure, vector_dtype
 
 OUTPUT_FILE = "sharpness.json"
 DENSITY_FILE = "hessian_density.png"
@@ -122,7 +122,7 @@ def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
         "device": device_name(device),
         "wall_time_s": time.perf_counter() - t0,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": {"sam": sam.__version__, "torch": torch.__version__},
+        "versions": {k: v for k, v in versions().items() if k in ("sam", "torch")},
     }
     write_json(out_dir / OUTPUT_FILE, doc)
     _print_summary(doc, out_dir)
@@ -224,9 +224,3 @@ def _print_summary(doc: dict[str, Any], out_dir: Path) -> None:
           f"+- {_fmt(doc['trace_stderr'])}")
     print(f"  m-sharpness (rho={ms['rho']:g}, {ms['mode']} mode): {values}")
     print(f"  wrote {', '.join(written)} ({doc['wall_time_s']:.1f} s)")
-
-
-if __name__ == "__main__":  # python -m sam.sharpness_cli run_dir=...
-    from sam.cli import sharpness_main
-
-    sharpness_main()

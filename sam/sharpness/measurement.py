@@ -1,8 +1,9 @@
 """Sharpness of a trained (or training) network on a fixed subset of its training data.
 
-Glue between the instruments of :mod:`sam.sharpness` and the two places that use them: the
-trainer's optional per-epoch logging (:func:`epoch_sharpness`, configured by the ``sharpness:``
-block of ``configs/train.yaml``) and ``sam-sharpness`` (:mod:`sam.sharpness_cli`).
+Glue between the instruments of :mod:`sam.sharpness` (:mod:`~sam.sharpness.hessian`,
+:mod:`~sam.sharpness.msharpness`) and the two places that use them: the trainer's optional
+per-epoch logging (:func:`epoch_sharpness`, configured by the ``sharpness:`` block of
+``configs/train.yaml``) and ``sam-sharpness`` (:mod:`sam.sharpness.job`).
 
 - Data: a fixed subset of the training images drawn by a generator seeded with ``seed`` (no
   global RNG), without augmentation, normalized exactly like the training loader does.
@@ -11,7 +12,7 @@ block of ``configs/train.yaml``) and ``sam-sharpness`` (:mod:`sam.sharpness_cli`
 - m-sharpness: model in train mode by default (BatchNorm with the statistics of each shard of
   m examples, as in SAM's own step); ``mode="eval"`` measures the eval-mode network instead.
 
-Memory: Lanczos keeps all its vectors, ``iters x dim`` numbers. :func:`sam.sharpness.lanczos`
+Memory: Lanczos keeps all its vectors, ``iters x dim`` numbers. :func:`~sam.sharpness.lanczos`
 defaults to float64 on the CPU (WRN-28-10, 36.5M parameters: 5.8 GB at 20 iterations); here
 the vectors (and the Hutchinson / SLQ probes) are float32 on the model's device by default
 (2.9 GB at 20 iterations, 7.3 GB at 50), while the small tridiagonal eigenproblem is solved in
@@ -35,7 +36,8 @@ from torch import Tensor, nn
 from sam import distributed
 from sam.data import Normalize
 from sam.errors import UserError
-from sam.sharpness import hessian_summary, hvp_fn, m_sharpness, num_params, slq_density
+from sam.sharpness.hessian import hessian_summary, hvp_fn, num_params, slq_density
+from sam.sharpness.msharpness import m_sharpness
 
 log = logging.getLogger(__name__)
 

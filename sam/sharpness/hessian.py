@@ -1,45 +1,30 @@
-"""Sharpness measurements from the SAM paper (Foret et al., ICLR 2021), for any torch model.
+"""Hessian spectrum of the training loss (SAM paper, Foret et al., ICLR 2021, section 4.2).
 
-- Section 4.1, m-sharpness: the mean over disjoint shards S of m training examples of
-  ``max_{||eps||_p <= rho} L_S(w + eps) - L_S(w)`` (:func:`m_sharpness`).
-- Section 4.2, Hessian spectrum of the training loss: top eigenvalues by Lanczos with full
-  re-orthogonalisation (:func:`lanczos`), the trace by Hutchinson's estimator
-  (:func:`hutchinson_trace`), the spectral density by stochastic Lanczos quadrature
-  (:func:`slq_density`, Ghorbani et al. 2019) and the summary the trainer logs
-  (:func:`hessian_summary`).
+Top eigenvalues by Lanczos with full re-orthogonalisation (:func:`lanczos`), the trace by
+Hutchinson's estimator (:func:`hutchinson_trace`), the spectral density by stochastic Lanczos
+quadrature (:func:`slq_density`, Ghorbani et al. 2019; broadened and plotted by
+:mod:`sam.sharpness.density`) and the summary the trainer logs (:func:`hessian_summary`).
 
-Every Hessian routine only talks to the loss through a Hessian-vector product ``hvp(v) = H v``
-on the flattened trainable parameters, built by :func:`hvp_fn` from a fixed list of batches.
+Every routine only talks to the loss through a Hessian-vector product ``hvp(v) = H v`` on the
+flattened trainable parameters, built by :func:`hvp_fn` from a fixed list of batches.
 ``loss_fn(model(x), y)`` must return the *mean* loss of the batch (the default reduction of
-``torch.nn.functional.cross_entropy`` / ``mse_loss``). Only :mod:`sam.errors` and the RNG
-replay of :mod:`sam.optim` are imported from the project.
+``torch.nn.functional.cross_entropy`` / ``mse_loss``). Only :mod:`sam.errors` is imported from
+the project outside :mod:`sam.sharpness`.
 """
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from sam.errors import UserError
-from sam.optim import RngReplay
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
-Hvp = Callable[[Tensor], Tensor]
-Batch = tuple[Tensor, Tensor]
-
+from sam.sharpness._common import Batch, Hvp, LossFn, check_positive, trainable_params
+from sam.sharpness.density import default_sigma, gaussian_mixture
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _trainable(model: nn.Module) -> list[nn.Parameter]:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise UserError("the model has no trainable parameters: set requires_grad=True on some")
-    return params
 
 
 def _flatten(tensors: Sequence[Tensor | None], like: Sequence[Tensor]) -> Tensor:
@@ -69,11 +54,6 @@ def _randn(dim: int, gen: torch.Generator, dtype: torch.dtype, device: Any) -> T
 
 def _rademacher(dim: int, gen: torch.Generator, dtype: torch.dtype, device: Any) -> Tensor:
     return (torch.randint(0, 2, (dim,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
-
-
-def _check_positive(name: str, value: int) -> None:
-    if value < 1:
-        raise UserError(f"{name} must be a positive integer, got {value}: pass {name} >= 1")
 
 
 @contextmanager
@@ -111,7 +91,7 @@ def hvp_fn(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch]) -> Hvp:
     """
     if len(batches) == 0:
         raise UserError("hvp_fn got no batches: pass a non-empty list of (x, y) pairs")
-    params = _trainable(model)
+    params = trainable_params(model)
     total = sum(len(x) for x, _ in batches)
 
     def hvp(v: Tensor) -> Tensor:
@@ -136,7 +116,7 @@ def hvp_fn(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch]) -> Hvp:
 
 def num_params(model: nn.Module) -> int:
     """Length ``dim`` of the flattened trainable-parameter vector that :func:`hvp_fn` acts on."""
-    return sum(p.numel() for p in _trainable(model))
+    return sum(p.numel() for p in trainable_params(model))
 
 
 # --------------------------------------------------------------------------- Lanczos
@@ -167,10 +147,10 @@ def lanczos_tridiag(
     are kept in ``dtype`` on ``device`` (CPU when None): memory ``m * dim`` numbers, e.g.
     5.8 GB for WRN-28-10 (36.5M parameters) at m = 20 in float64. For large models pass
     ``dtype=torch.float32`` and the model's device (half the memory, no host transfers; the
-    trainer and ``sam-sharpness`` do, see :mod:`sam.measure`); T is always float64.
+    trainer and ``sam-sharpness`` do, see :mod:`sam.sharpness.measurement`); T is always float64.
     """
-    _check_positive("iters", iters)
-    _check_positive("dim", dim)
+    check_positive("iters", iters)
+    check_positive("dim", dim)
     m = min(iters, dim)
     device = torch.device("cpu") if device is None else torch.device(device)
     gen = _generator(seed)
@@ -229,7 +209,7 @@ def lanczos(
     Ritz values are lower bounds that converge from below, fastest for well separated extreme
     eigenvalues; with ``iters >= dim`` they are the exact eigenvalues. Returns a float64 tensor.
     """
-    _check_positive("k", k)
+    check_positive("k", k)
     if k > min(iters, dim):
         raise UserError(f"lanczos: k={k} exceeds min(iters, dim)={min(iters, dim)}: raise iters")
     alphas, betas = lanczos_tridiag(hvp, dim, iters, seed=seed, dtype=dtype, device=device)
@@ -295,7 +275,7 @@ def slq_density(
     max theta + 5 sigma]``. ``sigma`` defaults to 1% of the Ritz value range. Returns float64
     CPU tensors ``(grid, density)``.
     """
-    _check_positive("runs", runs)
+    check_positive("runs", runs)
     gen = _generator(seed)
     nodes, weights = [], []
     for run in range(runs):
@@ -307,57 +287,14 @@ def slq_density(
         nodes.append(theta)
         weights.append(vecs[0] ** 2)
     theta, tau = torch.cat(nodes), torch.cat(weights) / runs
-    sigma = _default_sigma(theta) if sigma is None else sigma
+    sigma = default_sigma(theta) if sigma is None else sigma
     if sigma <= 0:
         raise UserError(f"slq_density: sigma must be > 0, got {sigma}: pass a positive width")
     if isinstance(grid, int):
         lo, hi = float(theta.min()) - 5 * sigma, float(theta.max()) + 5 * sigma
         grid = torch.linspace(lo, hi, grid, dtype=torch.float64)
     grid = grid.to(dtype=torch.float64, device="cpu")
-    return grid, _gaussian_mixture(grid, theta, tau, sigma)
-
-
-def _default_sigma(theta: Tensor) -> float:
-    span = float(theta.max() - theta.min())
-    return 0.01 * span if span > 0 else 0.01 * max(float(theta.abs().max()), 1.0)
-
-
-def _gaussian_mixture(grid: Tensor, centres: Tensor, weights: Tensor, sigma: float) -> Tensor:
-    """``sum_i weights_i N(grid; centres_i, sigma^2)``, evaluated in chunks of the grid."""
-    norm = 1.0 / (sigma * math.sqrt(2 * math.pi))
-    chunks = [
-        (torch.exp(-0.5 * ((g[:, None] - centres[None, :]) / sigma) ** 2) * norm) @ weights
-        for g in grid.split(4096)
-    ]
-    return torch.cat(chunks)
-
-
-def plot_density(grid: Tensor, density: Tensor, path: str | Path | BinaryIO) -> Any:
-    """Write the spectral density ``phi(t)`` against the eigenvalue ``t`` as a PNG, log y-axis,
-    to ``path`` (a file name, or an open binary file); returns ``path``.
-
-    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change); densities
-    below ``1e-12 * max(density)`` are clipped there so the log scale stays readable.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    if isinstance(path, str | Path):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-    dens = density.detach().double().cpu()
-    floor = max(float(dens.max()) * 1e-12, torch.finfo(torch.float64).tiny)
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(grid.detach().double().cpu().numpy(), dens.clamp_min(floor).numpy())
-    ax.set_yscale("log")
-    ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density (log scale)")
-    ax.set_title("Hessian spectral density (SLQ)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    return path
+    return grid, gaussian_mixture(grid, theta, tau, sigma)
 
 
 # --------------------------------------------------------------------------- summary
@@ -387,7 +324,7 @@ def hessian_summary(
     with _eval_mode(model):
         hvp = hvp_fn(model, loss_fn, batches)
         dim = num_params(model)
-        device = next(p.device for p in _trainable(model))
+        device = next(p.device for p in trainable_params(model))
         top = lanczos(hvp, dim, k, iters, seed=seed, dtype=dtype, device=device).tolist()
         trace, stderr = hutchinson_trace(hvp, dim, trace_samples, seed, dtype, device)
     ratio = top[0] / top[4] if len(top) >= 5 and top[4] != 0 else float("nan")
@@ -401,124 +338,3 @@ def hessian_summary(
         "iters": iters,
         "trace_samples": trace_samples,
     }
-
-
-# --------------------------------------------------------------------------- m-sharpness
-
-
-def m_sharpness(
-    model: nn.Module,
-    loss_fn: LossFn,
-    x: Tensor,
-    y: Tensor,
-    m: int,
-    rho: float,
-    ascent_steps: int = 1,
-    p: float = 2,
-) -> float:
-    """m-sharpness (paper section 4.1): the mean over the ``len(x) / m`` disjoint shards S of
-
-        ``max_{||eps||_p <= rho} L_S(w + eps) - L_S(w)``,
-
-    ``L_S = loss_fn(model(x_S), y_S)`` the shard-mean loss, shards taken in order. The max is
-    approximated by ``ascent_steps`` steps of projected normalised-gradient ascent from eps = 0,
-
-        ``eps <- Proj_{||.||_p <= rho}(eps + rho d(g))``, ``g = grad L_S(w + eps)``,
-
-    with ``d(g) = g / ||g||_2`` for p = 2 and ``sign(g)`` for p = inf, so one step is SAM's
-    ``eps = rho g / ||g||_2`` (resp. ``rho sign(g)``); the value is the largest loss increase
-    over the visited points. Only p in {2, inf} is supported.
-
-    The model's mode is left to the caller (train mode measures what SAM's training step sees).
-    The trainable weights are restored exactly from a saved copy, and all buffers (e.g.
-    BatchNorm running statistics) are saved and restored too, so the measurement changes
-    nothing; parameter ``.grad`` fields are not touched.
-    """
-    _check_m_sharpness_args(len(x), m, rho, ascent_steps, p)
-    params = _trainable(model)
-    saved_params = [q.detach().clone() for q in params]
-    saved_buffers = [b.detach().clone() for b in model.buffers()]
-    try:
-        gaps = [
-            _shard_sharpness(model, loss_fn, x[i : i + m], y[i : i + m], rho, ascent_steps, p)
-            for i in range(0, len(x), m)
-        ]
-    finally:
-        with torch.no_grad():
-            for q, saved in zip(params, saved_params, strict=True):
-                q.copy_(saved)
-            for b, saved in zip(model.buffers(), saved_buffers, strict=True):
-                b.copy_(saved)
-    return sum(gaps) / len(gaps)
-
-
-def _check_m_sharpness_args(n: int, m: int, rho: float, ascent_steps: int, p: float) -> None:
-    _check_positive("m", m)
-    _check_positive("ascent_steps", ascent_steps)
-    if n % m != 0:
-        raise UserError(f"m_sharpness: m={m} does not divide the {n} examples: pick m | {n}")
-    if rho < 0:
-        raise UserError(f"m_sharpness: rho must be >= 0, got {rho}")
-    if p not in (2, math.inf):
-        raise UserError(f"m_sharpness: p={p} is not supported: use p=2 or p=float('inf')")
-
-
-def _shard_sharpness(
-    model: nn.Module,
-    loss_fn: LossFn,
-    x: Tensor,
-    y: Tensor,
-    rho: float,
-    ascent_steps: int,
-    p: float,
-) -> float:
-    """``max_t L_S(w + eps_t) - L_S(w)`` over the ascent iterates ``eps_1 .. eps_T``.
-
-    Every pass replays the RNG of the first, so in train mode dropout and shake-style
-    layers draw the same masks at w and at w + eps (as in SAM's training step): the
-    gap measures the weights' move, not a change of random network.
-    """
-    params = _trainable(model)
-    origin = [q.detach().clone() for q in params]
-    eps = [torch.zeros_like(q) for q in params]
-    rng = RngReplay(x.device)
-    base, grads = _loss_and_grad(model, loss_fn, x, y, params)
-    best = -math.inf
-    for step in range(ascent_steps):
-        eps = _ascent_step(eps, grads, rho, p)
-        with torch.no_grad():
-            for q, w0, e in zip(params, origin, eps, strict=True):
-                q.copy_(w0 + e)
-        rng.replay()
-        if step == ascent_steps - 1:
-            with torch.no_grad():
-                loss = float(loss_fn(model(x), y))
-        else:
-            loss, grads = _loss_and_grad(model, loss_fn, x, y, params)
-        best = max(best, loss - base)
-    with torch.no_grad():
-        for q, w0 in zip(params, origin, strict=True):
-            q.copy_(w0)
-    return best
-
-
-def _loss_and_grad(
-    model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, params: list[nn.Parameter]
-) -> tuple[float, list[Tensor]]:
-    loss = loss_fn(model(x), y)
-    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
-    return float(loss.detach()), list(grads)
-
-
-def _ascent_step(eps: list[Tensor], grads: list[Tensor], rho: float, p: float) -> list[Tensor]:
-    """One projected normalised-gradient step ``Proj(eps + rho d(g))`` onto the rho-ball."""
-    if p == 2:
-        gnorm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
-        gnorm = gnorm.clamp_min(torch.finfo(gnorm.dtype).tiny)
-        new = [e + rho * g / gnorm for e, g in zip(eps, grads, strict=True)]
-        norm = torch.linalg.vector_norm(torch.stack([e.norm() for e in new]))
-        shrink = torch.clamp(rho / norm.clamp_min(torch.finfo(norm.dtype).tiny), max=1.0)
-        return [e * shrink for e in new]
-    return [
-        torch.clamp(e + rho * torch.sign(g), -rho, rho) for e, g in zip(eps, grads, strict=True)
-    ]

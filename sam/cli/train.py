@@ -1,35 +1,27 @@
-"""Console entry points: ``sam-train`` and ``sam-sharpness`` (Hydra) and ``sam-report``.
+"""``sam-train``: one training run, or a sweep with ``-m`` (Hydra multirun).
 
-Errors reach the user as one line: a UserError or a bad override exits with
-status 2, anything else with 1; ``HYDRA_FULL_ERROR=1`` shows the traceback.
+A job's errors become one line. In a sweep a failed job is recorded (a failed
+results.json, and the sweep's list of failed jobs) and the other jobs go on; the sweep
+then exits with status 2, whichever launcher ran its jobs.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sam import distributed
+from sam.cli._hydra import CONFIG_PATH, JobError, full_error, guarded, one_line
 from sam.errors import UserError
-
-# configs/ of a source checkout (also what an editable install sees); an installed
-# wheel carries the same files as the package sam.configs
-_SOURCE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-CONFIG_PATH = (str(_SOURCE_CONFIGS) if (_SOURCE_CONFIGS / "train.yaml").is_file()
-               and (_SOURCE_CONFIGS / "optim" / "sam.yaml").is_file() else "pkg://sam.configs")
-
 
 _failed_jobs: list[str] = []  # multirun jobs that ended with a one-line error
 
@@ -47,15 +39,15 @@ def _train(cfg: DictConfig) -> float | None:
                       choices=dict(hc.runtime.choices), multirun=multirun,
                       invocation_files=_invocation_files(cfg, hc))
     except Exception as err:
-        if os.environ.get("SAM_FULL_ERROR") == "1":
+        if full_error():
             raise
         expected = isinstance(err, UserError | Diverged)
         if not multirun:
             if not expected:
-                raise _JobError(err) from err  # one line from _guarded, past Hydra's printer
-            print(f"{_prog()}: error: {_one_line(err)}", file=sys.stderr)
+                raise JobError(err) from err  # one line from guarded, past Hydra's printer
+            print(f"{_prog()}: error: {one_line(err)}", file=sys.stderr)
             sys.exit(2 if isinstance(err, UserError) else 1)
-        text = _one_line(err) if expected else f"{type(err).__name__}: {_one_line(err)}"
+        text = one_line(err) if expected else f"{type(err).__name__}: {one_line(err)}"
         print(f"{_prog()}: error: {text} [job {hc.job.num}: {' '.join(overrides)}]",
               file=sys.stderr)
         _record_unstarted(hc.runtime.output_dir, cfg, overrides, text)
@@ -147,11 +139,6 @@ def _torchrun_argv() -> None:
         sys.argv += list(distributed.QUIET_RANK_OVERRIDES)
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text.replace(" Available options", ". Available options")
-
-
 def train_main() -> None:
     """``sam-train``: run Hydra, turning errors into one line and an exit status."""
     def main() -> None:
@@ -162,80 +149,4 @@ def train_main() -> None:
                   + "; ".join(_failed_jobs), file=sys.stderr)
             sys.exit(2)
 
-    _guarded(_prog(), main, "interrupted; rerun the same command to resume")
-
-
-def _guarded(prog: str, main: Callable[[], object], interrupted: str = "interrupted") -> None:
-    """Run a Hydra entry point; UserError and bad overrides -> one line on stderr, exit 2;
-    anything else -> one line, exit 1 (``HYDRA_FULL_ERROR=1`` re-raises with the traceback)."""
-    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["SAM_FULL_ERROR"] = "1" if full_error else "0"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
-    try:
-        _unwrapped(main)
-    except (UserError, HydraException, OmegaConfBaseException) as err:
-        if full_error:
-            raise
-        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{prog}: {interrupted}", file=sys.stderr)
-        sys.exit(130)
-    except OSError as err:  # an unwritable output directory, a full disk...
-        if full_error:
-            raise
-        print(f"{prog}: error: {_one_line(err)} (check the output directory and free space)",
-              file=sys.stderr)
-        sys.exit(2)
-    except Exception as err:
-        if full_error:
-            raise
-        print(f"{prog}: {type(err).__name__}: {_one_line(err)} "
-              "(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
-        sys.exit(1)
-
-
-class _JobError(BaseException):
-    """Carries an error out of a Hydra job past Hydra's 'Error executing job' printer."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-def _unwrapped(main: Callable[[], object]) -> None:
-    try:
-        main()
-    except _JobError as job:
-        raise job.error from None
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sharpness")
-def _sharpness(cfg: DictConfig) -> None:
-    from sam.sharpness_cli import run_sharpness
-
-    try:
-        run_sharpness(cfg)
-    except Exception as err:
-        if os.environ.get("SAM_FULL_ERROR") == "1":
-            raise
-        raise _JobError(err) from err
-
-
-def sharpness_main() -> None:
-    """``sam-sharpness run_dir=DIR``: Hessian spectrum and m-sharpness of a trained run
-    (configs/sharpness.yaml); writes sharpness.json and hessian_density.png."""
-    _guarded("sam-sharpness", _sharpness)
-
-
-def report_main() -> None:
-    """``sam-report DIR...``: tables and plots from results.json files."""
-    from sam.report import main
-
-    sys.exit(main())
-
-
-if __name__ == "__main__":  # python -m sam.cli ... (torchrun -m sam.cli ...)
-    from sam import cli  # the importable module: one _failed_jobs for _train and FailedJobs
-
-    cli.train_main()
+    guarded(_prog(), main, "interrupted; rerun the same command to resume")

@@ -1,0 +1,60 @@
+"""CIFAR-10/100 and synthetic data, plus batched on-device augmentation.
+
+Images stay uint8 (N, 3, 32, 32) until a loader normalizes a batch on the device, so a
+whole CIFAR training set (150 MiB) sits on the GPU once and an epoch is gathers and
+elementwise kernels, with no per-sample Python. The exception is AutoAugment, whose
+per-image random policy runs per sample in DataLoader workers (`AutoAugmentLoader`).
+
+Randomness is seeded from (seed, epoch) only, so a resumed run replays the same batches.
+
+Modules: `datasets` (loading), `augment` (crop/flip/Cutout ops, pad modes),
+`device_loader` (`Normalize`, `DeviceLoader`), `autoaugment` (`AutoAugmentLoader`),
+`loaders` (`make_loader`).
+"""
+
+from sam.data.augment import (
+    AUGMENTS,
+    PAD_MODES,
+    apply_crop_flip,
+    apply_cutout,
+    check_pad_mode,
+    crop_flip_params,
+    cutout_params,
+    random_crop_flip,
+)
+from sam.data.autoaugment import AutoAugmentLoader, _AADataset, shard_rows
+from sam.data.datasets import (
+    CIFAR_STATS,
+    DATASETS,
+    Splits,
+    Stats,
+    load_dataset,
+    load_splits,
+    make_synthetic,
+)
+from sam.data.device_loader import DeviceLoader, Normalize
+from sam.data.loaders import make_loader
+
+__all__ = [
+    "AUGMENTS",
+    "CIFAR_STATS",
+    "DATASETS",
+    "PAD_MODES",
+    "AutoAugmentLoader",
+    "DeviceLoader",
+    "Normalize",
+    "Splits",
+    "Stats",
+    "_AADataset",
+    "apply_crop_flip",
+    "apply_cutout",
+    "check_pad_mode",
+    "crop_flip_params",
+    "cutout_params",
+    "load_dataset",
+    "load_splits",
+    "make_loader",
+    "make_synthetic",
+    "random_crop_flip",
+    "shard_rows",
+]

@@ -1,0 +1,235 @@
+"""CIFAR-10/100 and synthetic datasets, loaded into memory as uint8 CPU tensors.
+
+`load_dataset` reads CIFAR through torchvision (md5-verified or not) or generates
+CIFAR-shaped synthetic data from a seed, then optionally keeps a training subset and holds
+out its tail as a validation set; `load_splits` does the same from a run's config, with the
+synthetic fallback. A CIFAR read that fails becomes one `UserError` naming the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.utils import check_integrity
+
+from sam.errors import UserError
+
+log = logging.getLogger("sam.data")  # the package's logger, as before the split
+
+DATASETS = ("cifar10", "cifar100", "synthetic")
+
+# Published per-channel statistics of the training sets (pixel values scaled to [0, 1]).
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_CIFAR = {"cifar10": (CIFAR10, "CIFAR-10", 10), "cifar100": (CIFAR100, "CIFAR-100", 100)}
+
+Stats = tuple[float, float, float]
+
+
+@dataclass
+class Splits:
+    """A dataset in memory: uint8 images (N, 3, 32, 32) and int64 labels on the CPU.
+
+    `test_x`/`test_y` are the evaluation set: the official test set when `eval_split` is
+    "test", or the held-out tail of the training set when it is "val".
+    """
+
+    train_x: Tensor = field(repr=False)
+    train_y: Tensor = field(repr=False)
+    test_x: Tensor = field(repr=False)
+    test_y: Tensor = field(repr=False)
+    num_classes: int
+    mean: Stats
+    std: Stats
+    name: str
+    source: str
+    eval_split: str = "test"
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_dataset(
+    name: str,
+    data_dir: str,
+    download: bool = False,
+    verify: bool = True,
+    subset: int | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    synthetic_size: tuple[int, int] = (1024, 256),
+) -> Splits:
+    """Load `name` ("cifar10", "cifar100" or "synthetic") as uint8 CPU tensors.
+
+    CIFAR is read by torchvision from `data_dir` (the folder holding cifar-10-batches-py or
+    cifar-100-python); `verify=False` skips torchvision's md5 check, for re-packed copies.
+    `subset` keeps the first N training images; `val_fraction` > 0 then holds out the last
+    fraction of them as the evaluation set in place of the test set.
+    """
+    if name in _CIFAR:
+        splits = _load_cifar(name, data_dir, download, verify)
+    elif name == "synthetic":
+        splits = make_synthetic(seed, *synthetic_size)
+    else:
+        choices = ", ".join(DATASETS)
+        raise UserError(f"unknown dataset {name!r}: set dataset.name to one of {choices}")
+    return _subset_and_split(splits, subset, val_fraction)
+
+
+def load_splits(cfg: Any) -> Splits:
+    """The run's dataset (``cfg.dataset``, ``cfg.seed``) as uint8 CPU tensors, with the
+    synthetic fallback when ``dataset.fallback_synthetic`` allows it."""
+    d = cfg.dataset
+    kwargs = dict(subset=d.subset, val_fraction=d.val_fraction, seed=cfg.seed)
+    try:
+        if d.name == "synthetic":
+            splits = load_dataset("synthetic", "", synthetic_size=(d.train_size, d.test_size),
+                                  **kwargs)
+        else:
+            splits = load_dataset(d.name, d.data_dir, download=d.download, verify=d.verify,
+                                  **kwargs)
+    except UserError as err:
+        if not d.get("fallback_synthetic"):
+            raise
+        log.warning("NOTICE: %s -- falling back to SYNTHETIC data; these results are not %s",
+                    err, d.name)
+        splits = load_dataset("synthetic", "", synthetic_size=(4096, 1024), **kwargs)
+    return splits
+
+
+def make_synthetic(seed: int, n_train: int, n_test: int, num_classes: int = 10) -> Splits:
+    """CIFAR-shaped data that a small net learns in a few epochs, generated from `seed`.
+
+    Each class is a fixed random low-frequency colour pattern (a 4x4 grid upsampled to
+    32x32); an image is its class pattern plus per-pixel Gaussian noise.
+    """
+    if n_train < 1 or n_test < 1:
+        raise UserError(f"synthetic_size=({n_train}, {n_test}): both sizes must be >= 1")
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(num_classes, 3, 4, 4, generator=g)
+    patterns = F.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)
+
+    def draw(n: int) -> tuple[Tensor, Tensor]:
+        y = torch.randint(0, num_classes, (n,), generator=g)
+        x = 0.2 + 0.6 * patterns[y] + 0.2 * torch.randn(n, 3, 32, 32, generator=g)
+        return (x * 255).round().clamp(0, 255).to(torch.uint8), y
+
+    train_x, train_y = draw(n_train)
+    test_x, test_y = draw(n_test)
+    pixels = train_x.float().div(255).transpose(0, 1).reshape(3, -1)
+    return Splits(
+        train_x, train_y, test_x, test_y, num_classes,
+        mean=_stats(pixels.mean(1)), std=_stats(pixels.std(1)),
+        name="synthetic", source=f"synthetic (seed={seed}, {n_train} train, {n_test} test)",
+    )
+
+
+def _stats(t: Tensor) -> Stats:
+    a, b, c = (round(float(v), 4) for v in t)
+    return a, b, c
+
+
+def _reader(base: type[CIFAR10], verify: bool) -> type[CIFAR10]:
+    """torchvision's CIFAR class, or one that only checks the files exist (verify=False)."""
+    if verify:
+        return base
+
+    class Unverified(base):  # type: ignore[valid-type, misc]
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root, self.base_folder)
+            return all((folder / f).is_file() for f, _ in self.train_list + self.test_list)
+
+        def _load_meta(self) -> None:
+            with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    return Unverified
+
+
+def _load_cifar(name: str, data_dir: str, download: bool, verify: bool) -> Splits:
+    base, pretty, num_classes = _CIFAR[name]
+    root = Path(data_dir).expanduser().resolve()
+    reader = _reader(base, verify)
+    try:
+        train = reader(str(root), train=True, download=download)
+        test = reader(str(root), train=False)
+    except Exception as e:  # explain what went wrong in one line, then keep the cause
+        raise _explain(base, pretty, root, download, verify, e) from e
+
+    def tensors(ds: CIFAR10) -> tuple[Tensor, Tensor]:
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        return x, torch.tensor(ds.targets, dtype=torch.int64)
+
+    mean, std = CIFAR_STATS[name]
+    folder = root / base.base_folder
+    check = "md5 verified" if verify else "md5 not verified"
+    return Splits(
+        *tensors(train), *tensors(test), num_classes, mean, std,
+        name=name, source=f"torchvision {base.__name__} from '{folder}' ({check})",
+    )
+
+
+def _explain(
+    base: type[CIFAR10], pretty: str, root: Path, download: bool, verify: bool, err: Exception
+) -> UserError:
+    """Turn a failure to read CIFAR into a one-line UserError naming the problem and fix."""
+    folder = root / base.base_folder
+    files = [f for f, _ in base.train_list + base.test_list] + [base.meta["filename"]]
+    if any(not (folder / f).is_file() for f in files):
+        tried = f" (download failed: {type(err).__name__}: {err})" if download else ""
+        return UserError(
+            f"{pretty} not found under '{root}'{tried}: set dataset.data_dir=<dir containing "
+            f"{base.base_folder}> (or env SAM_DATA), or dataset.download=true when online"
+        )
+    if verify:
+        sums = base.train_list + base.test_list + [[base.meta["filename"], base.meta["md5"]]]
+        bad = [f for f, md5 in sums if not check_integrity(str(folder / f), md5)]
+        if bad:
+            return UserError(
+                f"{pretty} checksum failed for {', '.join(bad)} in '{folder}': re-download it, "
+                "or set dataset.verify=false to skip the md5 check for re-packed copies"
+            )
+    for f in files:
+        try:
+            with open(folder / f, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")
+            if not isinstance(entry, dict):
+                raise TypeError(f"expected a dict, got {type(entry).__name__}")
+        except Exception as e:
+            return UserError(
+                f"cannot read {pretty} file '{folder / f}' ({type(e).__name__}: {e}): "
+                "it is corrupt or truncated; replace it with a fresh copy"
+            )
+    return UserError(f"cannot read {pretty} from '{folder}' ({type(err).__name__}: {err})")
+
+
+def _subset_and_split(s: Splits, subset: int | None, val_fraction: float) -> Splits:
+    n = len(s.train_x)
+    if subset is not None:
+        if not 1 <= subset <= n:
+            raise UserError(f"dataset.subset={subset} is out of range: use 1..{n} or null")
+        s.train_x, s.train_y, n = s.train_x[:subset], s.train_y[:subset], subset
+        s.source += f"; first {subset} train images"
+    if val_fraction:
+        n_val = round(n * val_fraction)
+        if not 0.0 < val_fraction < 1.0 or not 0 < n_val < n:
+            raise UserError(
+                f"dataset.val_fraction={val_fraction} leaves {n_val} of {n} images for "
+                "validation: use a fraction in (0, 1) that keeps both parts non-empty, or 0"
+            )
+        s.test_x, s.test_y = s.train_x[n - n_val :], s.train_y[n - n_val :]
+        s.train_x, s.train_y = s.train_x[: n - n_val], s.train_y[: n - n_val]
+        s.eval_split = "val"
+        s.source += f"; eval on last {n_val} train images (val_fraction={val_fraction})"
+    return s

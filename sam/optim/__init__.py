@@ -1,0 +1,35 @@
+"""Sharpness-Aware Minimization (Foret et al., ICLR 2021) for any torch optimizer.
+
+Pure torch, imports nothing else of the project. Two ways to use it:
+
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+    loss = sam_step(model, opt, F.cross_entropy, x, y)          # one call per batch
+
+or the closure form ``opt.step(closure, model=model)``, or the explicit two-step form
+
+    rng = RngReplay(x.device)
+    loss_fn(model(x), y).backward(); opt.first_step(zero_grad=True)   # w -> w + eps
+    rng.replay()                                      # the same dropout/shake draws
+    with frozen_bn_stats(model):                      # BatchNorm: only the clean pass updates
+        loss_fn(model(x), y).backward()
+    opt.second_step(zero_grad=True)                   # restore w, base step
+
+sam.py holds the optimizer (the paper's eqs. 2-3, weight decay modes, GradScaler),
+perturbation.py the ascent formulas (p=2, p=inf, ASAM), step.py ``sam_step`` (with
+passes.py, shards.py and vmap.py for m-sharpness, ddp.py for DistributedDataParallel),
+batchnorm.py and rng.py what the two passes of a step need.
+"""
+
+from .batchnorm import fp32_batchnorm_inputs, frozen_bn_stats, ghost_batchnorm
+from .rng import RngReplay
+from .sam import SAM
+from .step import sam_step
+
+__all__ = [
+    "SAM",
+    "RngReplay",
+    "fp32_batchnorm_inputs",
+    "frozen_bn_stats",
+    "ghost_batchnorm",
+    "sam_step",
+]

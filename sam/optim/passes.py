@@ -1,0 +1,47 @@
+"""The passes of one step: a forward-backward (under autocast, through a GradScaler),
+and SAM's two passes on one batch or shard: clean pass at w, ascent to w + eps,
+perturbed pass with the same random draws and frozen BatchNorm buffers, exact restore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .batchnorm import frozen_bn_stats
+from .ddp import _average_across_ranks
+from .rng import RngReplay
+
+
+def _forward_backward(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    amp_dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+) -> tuple[Tensor, Tensor]:
+    with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = model(x)
+        loss = loss_fn(out, y)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    return loss.detach(), out.detach()
+
+
+def _sam_shard(model, optimizer, loss_fn, x, y, amp_dtype, scaler,
+               ascent_sync: DistributedDataParallel | None = None) -> tuple[Tensor, Tensor]:
+    """Clean pass, ascent, perturbed pass, restore: p.grad holds grad L(w + eps).
+    With ``ascent_sync`` (a DDP model) the clean gradient is first averaged over ranks."""
+    rng = RngReplay(x.device)
+    loss, out = _forward_backward(model, loss_fn, x, y, amp_dtype, scaler)
+    if ascent_sync is not None:
+        _average_across_ranks(ascent_sync, optimizer, with_bn=False)
+    optimizer.first_step(zero_grad=True)
+    rng.replay()
+    with frozen_bn_stats(model):
+        _forward_backward(model, loss_fn, x, y, amp_dtype, scaler)
+    optimizer.unperturb()
+    return loss, out

@@ -1,0 +1,95 @@
+"""What one run trains, built from its config: data loaders, model, optimizer, schedule and
+precision (the config groups ``dataset``, ``augment``, ``model``, ``optim``, ``schedule``).
+
+``build`` makes them in a fixed order (seed, data, weights, per-rank reseed, optimizer):
+the order of the random draws, which a deterministic run reproduces bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from sam import distributed
+from sam.data import load_splits, make_loader
+from sam.errors import UserError
+from sam.runtime import amp_settings, seed_everything
+
+
+@dataclass
+class Data:
+    """The run's two loaders and what results.json says about their data."""
+
+    train: Any
+    eval: Any
+    num_classes: int
+    name: str
+    eval_split: str
+    source: str
+    splits: Any = None  # the uint8 CPU tensors behind the loaders (sharpness subset)
+
+
+@dataclass
+class Setup:
+    """The live objects of one run: what its epochs train, evaluate and checkpoint."""
+
+    device: torch.device
+    data: Data
+    net: nn.Module  # the eager model: evaluation, checkpoints, sharpness
+    model: nn.Module  # what trains: ``net`` compiled (compile=true) and wrapped in DDP
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    amp_dtype: torch.dtype | None  # autocast dtype; None: fp32
+    scaler: torch.amp.GradScaler | None  # fp16 only
+
+
+def build(cfg: DictConfig, device: torch.device) -> Setup:
+    """Seed, load the data and make the model, optimizer, schedule and precision."""
+    seed_everything(cfg.seed, cfg.deterministic)
+    data = build_data(cfg, device)
+    data.train, data.eval = distributed.shard(data.train), distributed.shard(data.eval)
+    net = instantiate(cfg.model).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    model = torch.compile(net) if cfg.compile else net
+    model = distributed.wrap(model, device, cfg.get("sync_bn", False))  # DDP or model
+    distributed.seed_rank(cfg.seed)  # distinct dropout/shake noise on each rank
+    optimizer = build_optimizer(cfg, net)
+    steps = len(data.train)
+    scheduler = instantiate(cfg.schedule)(optimizer, total_steps=cfg.epochs * steps,
+                                          steps_per_epoch=steps)
+    amp_dtype, scaler = amp_settings(cfg.amp, device)
+    return Setup(device, data, net, model, optimizer, scheduler, amp_dtype, scaler)
+
+
+def build_data(cfg: DictConfig, device: torch.device) -> Data:
+    """Load the dataset (synthetic fallback when allowed) and make the two loaders."""
+    d = cfg.dataset
+    splits = load_splits(cfg)
+    eval_x, eval_y = splits.test_x, splits.test_y
+    if d.test_subset is not None:
+        eval_x, eval_y = eval_x[: d.test_subset], eval_y[: d.test_subset]
+    if len(splits.train_x) < cfg.batch_size:
+        raise UserError(f"only {len(splits.train_x)} training images for batch_size="
+                        f"{cfg.batch_size}: lower batch_size or raise dataset.subset")
+    common = dict(device=device, mean=splits.mean, std=splits.std, seed=cfg.seed)
+    train = make_loader(splits.train_x, splits.train_y, batch_size=cfg.batch_size,
+                        augment=cfg.augment.name, shuffle=True, drop_last=True,
+                        num_workers=cfg.augment.get("num_workers", 0),
+                        pad_mode=cfg.augment.get("pad_mode", "reflect"), **common)
+    evaluation = make_loader(eval_x, eval_y, batch_size=cfg.eval_batch_size, augment="none",
+                             shuffle=False, drop_last=False, num_workers=0, **common)
+    return Data(train, evaluation, splits.num_classes, splits.name,
+                getattr(splits, "eval_split", "test"), splits.source, splits=splits)
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Instantiate the optim group (a partial of SAM or SGD) on the model's parameters."""
+    optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
+    del optim_cfg["name"]
+    return instantiate(optim_cfg)(model.parameters())

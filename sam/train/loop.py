@@ -1,0 +1,118 @@
+"""One epoch of training and one pass of evaluation, with their device-side bookkeeping.
+
+``train_epoch`` runs ``sam_step`` over the training loader and keeps the loss and error
+sums on the device (``EpochMeter``): the host reads them once per epoch, and a NaN/inf
+loss is caught without making the GPU wait (``Diverged``). ``evaluate`` computes the mean
+cross-entropy and error over the evaluation set. Both sum across ranks under DDP.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from sam import distributed
+from sam.optim import sam_step
+
+
+class Diverged(Exception):
+    """The training loss became NaN or inf at (epoch, step), both counted from 1."""
+
+    def __init__(self, step: int, epoch: int | None = None) -> None:
+        self.step, self.epoch = step, epoch
+        super().__init__(f"loss became NaN/inf in epoch {epoch}, step {step}: lower lr or "
+                         "rho; the last good checkpoint is kept")
+
+
+class EpochMeter:
+    """Training loss, errors and the first NaN/inf step of an epoch, kept on the device.
+
+    ``update`` raises Diverged(step) with the first step (from 1) whose loss was NaN/inf
+    on any rank, checking every ``check_every`` steps. On the CPU a check reads the current
+    state: the run stops within the step. On CUDA a check starts an asynchronous copy of
+    the state to pinned memory and reads the copy the previous check started, which the
+    device finished while later steps were queued: the GPU never waits for the host, and
+    the run stops one check later. The recorded step is exact either way. ``result`` reads
+    the totals once.
+    """
+
+    def __init__(self, device: torch.device, check_every: int = 1) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.wrong = torch.zeros((), device=device, dtype=torch.long)
+        self.first_bad = torch.zeros((), device=device, dtype=torch.long)  # 0: none yet
+        self.seen, self.steps = 0, 0
+        self.check_every = max(1, check_every)
+        cuda = device.type == "cuda"
+        self.lagged = cuda
+        self._copy = torch.zeros((), dtype=torch.long, pin_memory=cuda)  # last check's state
+        self._copied = torch.cuda.Event() if cuda else None
+
+    def update(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        """Add one step's mean loss and outputs; check for NaN/inf as described above."""
+        self.steps += 1
+        self.loss_sum += loss.float() * len(y)
+        self.wrong += (out.argmax(1) != y).sum()
+        self.seen += len(y)
+        self.first_bad = torch.where((self.first_bad == 0) & ~torch.isfinite(loss),
+                                     self.steps, self.first_bad)
+        if self.steps % self.check_every:
+            return
+        state = distributed.first_step_across_ranks(self.first_bad)  # on the device
+        if not self.lagged:
+            _raise_if_bad(int(state))
+            return
+        if self._copied is not None:
+            self._copied.synchronize()  # the previous check's copy, long finished
+        _raise_if_bad(int(self._copy))
+        self._copy.copy_(state, non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
+
+    def result(self) -> tuple[float, float, int]:
+        """(mean loss, error %, images) over all ranks; Diverged if any loss was NaN/inf."""
+        _raise_if_bad(int(distributed.first_step_across_ranks(self.first_bad)))
+        loss_sum, wrong, seen = distributed.sum_across_ranks(self.loss_sum, self.wrong,
+                                                             self.seen)  # under DDP
+        return loss_sum.item() / seen, 100.0 * wrong.item() / seen, seen
+
+
+def _raise_if_bad(first_bad: int) -> None:
+    if first_bad:
+        raise Diverged(first_bad)
+
+
+def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, device, progress):
+    """One epoch of sam_step; returns (mean loss, error %, images) read once at the end
+    (Diverged on a NaN/inf loss: see EpochMeter)."""
+    model.train()
+    meter = EpochMeter(device, cfg.nan_check_every)
+    channels_last = bool(cfg.channels_last)
+    local_m, sync_ascent = distributed.local_m(cfg), cfg.get("ddp_sync_ascent", False)
+    for x, y in tqdm(loader, disable=not progress, leave=False, unit="batch"):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss, out = sam_step(model, optimizer, F.cross_entropy, x, y, m=local_m,
+                             amp_dtype=amp_dtype, scaler=scaler, return_outputs=True,
+                             sync_ascent=sync_ascent, shard_impl=cfg.m_impl)
+        scheduler.step()
+        meter.update(loss, out, y)
+    return meter.result()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, amp_dtype, device: torch.device) -> tuple[float, float]:
+    """Mean cross-entropy and error (%) over the evaluation set, model in eval mode."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    wrong = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for x, y in loader:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
+        wrong += (out.argmax(1) != y).sum()
+        n += len(y)
+    loss_sum, wrong, n = distributed.sum_across_ranks(loss_sum, wrong, n)  # under DDP
+    return loss_sum.item() / n, 100.0 * wrong.item() / n

@@ -1,0 +1,113 @@
+"""What a run records: its results dict (written to results.json, schema in
+:mod:`sam.results`) and its TensorBoard scalars and hparams.
+
+Only rank 0 writes; the other ranks log to a ``_NoWriter``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from omegaconf import DictConfig
+from torch.utils.tensorboard import SummaryWriter
+
+from sam import distributed
+from sam.results import SCHEMA_VERSION
+from sam.runtime import device_name, precision_name, versions
+from sam.train.build import Setup
+from sam.train.loop import Diverged
+
+
+def new_results(cfg: DictConfig, setup: Setup, config: dict, overrides: list[str] | None,
+                choices: dict[str, str] | None) -> dict:
+    """The results dict of a run about to start (or resume): status "running", no epochs."""
+    data = setup.data
+    results = {
+        "schema_version": SCHEMA_VERSION, "status": "running", "error": None,
+        "summary": _summary(cfg, choices or {}, data.name, data.eval_split),
+        "overrides": list(overrides or []), "config": config, "data_source": data.source,
+        "history": [], "final": None, "wall_time_s": 0.0, "images_per_sec": None,
+        "device": device_name(setup.device), "precision": precision_name(setup.amp_dtype),
+        "versions": versions(),
+        "started_at": now(), "updated_at": now(),
+    }
+    if distributed.is_distributed():
+        results["distributed"] = distributed.describe(cfg)
+        # per-rank ascent makes each rank a shard: the report must see that m
+        results["summary"]["m"] = results["distributed"]["effective_m"]
+    return results
+
+
+def add_epoch(results: dict, metrics: dict) -> None:
+    """Append one finished epoch's metrics to the history."""
+    results["history"].append(metrics)
+    results["wall_time_s"] += metrics["epoch_time_s"]
+    results["updated_at"] = now()
+
+
+def finish(results: dict, writer) -> None:
+    """Mark the run complete: the last epoch's metrics as ``final`` (never the best
+    epoch), the mean throughput, and the hparams for TensorBoard."""
+    history = results["history"]
+    results["final"] = {k: history[-1][k] for k in
+                        ("epoch", "train_loss", "train_error", "test_loss", "test_error")}
+    results["images_per_sec"] = sum(h["images_per_sec"] for h in history) / len(history)
+    results["status"] = "complete"
+    writer.add_hparams(_flat_hparams(results["summary"]),
+                       {f"hparam/final_{k}": v for k, v in results["final"].items()
+                        if k != "epoch"}, run_name=".")
+
+
+def add_failure(results: dict, err: BaseException) -> None:
+    """Mark the run diverged (a NaN/inf loss: where) or failed, with the reason."""
+    results["status"] = "diverged" if isinstance(err, Diverged) else "failed"
+    if isinstance(err, Diverged):
+        results["diverged_at"] = {"epoch": err.epoch, "step": err.step}
+    results["error"] = f"{type(err).__name__}: {err}"
+
+
+def open_writer(run_dir: Path, start_epoch: int, main: bool):
+    """TensorBoard's writer for ``run_dir/tensorboard`` on rank 0 (dropping any events of
+    epochs after ``start_epoch``, which a resumed run trains again), else a ``_NoWriter``."""
+    if not main:
+        return _NoWriter()
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
+
+
+def log_epoch(writer: SummaryWriter, m: dict) -> None:
+    """One epoch's scalars, at step = the epoch (from 1)."""
+    step = m["epoch"]
+    for key in ("train_loss", "train_error", "test_loss", "test_error"):
+        writer.add_scalar(key.replace("_", "/", 1), m[key], step)
+    writer.add_scalar("lr", m["lr"], step)
+    writer.add_scalar("images_per_sec", m["images_per_sec"], step)
+    writer.flush()
+
+
+def now() -> str:
+    """The time for ``started_at`` / ``updated_at``: UTC, ISO 8601, whole seconds."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class _NoWriter:
+    """SummaryWriter stand-in for ranks > 0: every call does nothing."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
+def _summary(cfg: DictConfig, choices: dict[str, str], data_name: str, eval_split: str) -> dict:
+    is_sam = cfg.optim.name == "sam"
+    return {"dataset": data_name, "model": choices.get("model", cfg.model._target_),
+            "augment": cfg.augment.name, "optim": cfg.optim.name,
+            "rho": cfg.optim.rho if is_sam else None, "m": cfg.m,  # SGD: BatchNorm shards
+            "epochs": cfg.epochs, "seed": cfg.seed, "batch_size": cfg.batch_size,
+            # what the optimizer got (the long forms optim.lr / optim.weight_decay too)
+            "lr": cfg.optim.get("lr", cfg.lr), "lam": cfg.optim.get("weight_decay", cfg.lam),
+            "eval_split": eval_split}
+
+
+def _flat_hparams(summary: dict) -> dict:
+    return {k: (v if isinstance(v, int | float | str | bool) else str(v))
+            for k, v in summary.items()}
