@@ -44,7 +44,22 @@ RESUME_FREE_KEYS = ("device", "progress", "data_dir", "compile", "nan_check_ever
                     "dataset.verify", "dataset.fallback_synthetic", "sharpness")
 # config keys added since runs were first recorded, with the value that a config
 # recorded before the key existed trained with
-KEYS_ADDED = {"augment.pad_mode": "zero"}
+KEYS_ADDED = {
+    "augment.pad_mode": "zero",
+    # the fidelity group (configs/fidelity): before it, runs trained as fidelity=pytorch
+    "fidelity": {"name": "pytorch", "wd_mode": "base", "max_grad_norm": None,
+                 "model_style": "pytorch", "cutout_per_image": True,
+                 "autoaugment": "torchvision", "true_gradient": False},
+    "optim.wd_mode": "base",
+    "optim.max_grad_norm": None,
+    "model.style": "pytorch",
+    "augment.cutout_per_image": True,
+    "augment.policy": "torchvision",
+}
+# optim=sgd was torch.optim.SGD itself; sam.optim.Descent with wd_mode=base and no
+# clipping trains exactly as it did
+LEGACY_SGD = {"_target_": "sam.optim.Descent",
+              "base_optimizer": {"_target_": "hydra.utils.get_class", "path": "torch.optim.SGD"}}
 
 
 def _node(config: Any, path: list[str]) -> Any:
@@ -62,11 +77,14 @@ def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
         node = _node(out, parents)
         if isinstance(node, dict):
             node.pop(leaf, None)
+    optim = out.get("optim")
+    if isinstance(optim, dict) and optim.get("_target_") == "torch.optim.SGD":
+        optim.update(copy.deepcopy(LEGACY_SGD))
     for key, value in KEYS_ADDED.items():
         *parents, leaf = key.split(".")
         node = _node(out, parents)
         if isinstance(node, dict):
-            node.setdefault(leaf, value)
+            node.setdefault(leaf, copy.deepcopy(value))
     return out
 
 

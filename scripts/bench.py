@@ -4,7 +4,9 @@ Measures, for one model and batch size:
   sgd        our SGD step: device-resident data, batched augmentation, sam_step, at
              sam-train's precision (--amp, default auto: bf16 where the device computes
              it natively, else fp32)
-  sam        our SAM step (same pipeline)
+  sam        our SAM step (same pipeline); both with sam-train's descent conventions
+             (--fidelity official, the default: L2 in the loss, clip to norm 5; pytorch:
+             weight decay in the base step, no clip)
   sam_loop   the SAM step as sam-train's loop runs it: outputs kept, loss and error
              summed on the device, and the NaN/inf check after every step
   fwdbwd     one bare forward+backward on a fixed batch (SAM's floor is two of them)
@@ -43,14 +45,17 @@ from torch import nn
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sam import SAM, sam_step  # noqa: E402
 from sam.data import DeviceLoader  # noqa: E402
 from sam.models import build_model  # noqa: E402
+from sam.optim import SAM, Descent, sam_step  # noqa: E402
 from sam.results import write_json  # noqa: E402
 from sam.runtime import amp_settings, device_name, precision_name  # noqa: E402
 from sam.train import EpochMeter  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+# our optimizers' descent conventions per sam-train fidelity (configs/fidelity)
+FIDELITY = {"official": dict(wd_mode="loss", max_grad_norm=5.0),
+            "pytorch": dict(wd_mode="base", max_grad_norm=None)}
 Step = Callable[[], None]  # one training step of a pipeline, timed by the caller
 CIFAR_TRAIN_IMAGES = 50_000  # one CIFAR-10 training epoch
 PAPER_EPOCHS = 200  # the SAM paper's WRN-28-10 schedule ("sam_200_epochs_h")
@@ -109,11 +114,12 @@ def ours(args: argparse.Namespace, device: torch.device, x_all: torch.Tensor,
     ``shard_impl``."""
     model = make_model(args.model, device, channels_last=True)
     net = torch.compile(model) if args.compile else model
-    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=True,
+              **FIDELITY[args.fidelity])
     if optim == "sam":
-        opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, foreach=True, **kw)
+        opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, **kw)
     else:
-        opt = torch.optim.SGD(model.parameters(), foreach=True, **kw)
+        opt = Descent(model.parameters(), torch.optim.SGD, **kw)
     loader = DeviceLoader(x_all, y_all, args.batch, device, MEAN, STD, augment="basic")
     amp = args.autocast
     batches = endless(loader)
@@ -244,6 +250,7 @@ def results(args: argparse.Namespace, name: str, t: dict[str, float]) -> dict:
         "warmup": args.warmup, "images": args.images, "workers": args.workers,
         "compile": args.compile, "m": args.m, "amp": args.amp,
         "precision": precision_name(args.autocast),
+        "fidelity": args.fidelity,
         "step_s": t,
         "images_per_s": images_per_s,
         "sam_over_sgd": t["sam"] / t["sgd"],
@@ -336,6 +343,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
     p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
                    help="our pipelines' precision, as sam-train's amp (the reference: fp32)")
+    p.add_argument("--fidelity", choices=tuple(FIDELITY), default="official",
+                   help="our steps' descent conventions, as sam-train's fidelity group")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--m", type=int, default=None,
                    help="also time SGD and SAM (loop, vmap) with shards of m examples")

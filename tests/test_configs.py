@@ -62,8 +62,9 @@ def test_optim_configs_instantiate(name):
     cfg = make(f"optim={name}", "lr=0.3", "lam=1e-3", "rho=0.2")
     opt = build_optimizer(cfg, torch.nn.Linear(2, 2))
     group = opt.param_groups[0]
-    assert group["lr"] == 0.3 and group["weight_decay"] == 1e-3 and group["nesterov"]
-    assert isinstance(opt, SAM) == (name == "sam")
+    # fidelity=official (the default): lambda is the L2 term of the loss, the base has none
+    assert group["lr"] == 0.3 and group["l2"] == 1e-3 and group["weight_decay"] == 0
+    assert group["nesterov"] and isinstance(opt, SAM) == (name == "sam")
     if name == "sam":
         assert group["rho"] == 0.2
 
@@ -95,6 +96,12 @@ def test_schedule_configs_instantiate(name):
 def test_experiments_resolve_and_validate(name):
     cfg = make(f"experiment={name}")
     validate(cfg)
+
+
+@pytest.mark.parametrize("name", [n for n in options("experiment") if n != "demo"])
+def test_paper_recipes_state_their_precision_and_train_as_the_official_code(name):
+    cfg = make(f"experiment={name}")
+    assert cfg.amp == "off" and cfg.fidelity.name == "official"  # fp32, as the official code
 
 
 def test_paper_experiment_uses_paper_rho_per_dataset():
@@ -151,7 +158,7 @@ def test_rho_search_holds_out_ten_percent():
     (["nan_check_every=0"], "nan_check_every=0"),
     (["augment=autoaugment", "augment.num_workers=-1"], "augment.num_workers=-1"),
     (["amp=fp16", "optim.wd_mode=loss"], "optim.wd_mode=loss"),
-    (["amp=fp16", "m_impl=vmap"], "m_impl=vmap"),
+    (["amp=fp16", "optim.wd_mode=base", "m_impl=vmap"], "m_impl=vmap"),
 ])
 def test_validate_refuses_group_values_that_would_fail_or_mislead(overrides, words):
     """One line naming the setting, before anything runs (not a ValueError mid-run, and
@@ -165,3 +172,51 @@ def test_synthetic_fallback_keeps_subset_and_validation_split():
                "dataset.subset=300", "dataset.val_fraction=0.25")
     splits = load_splits(cfg)
     assert (len(splits.train_x), len(splits.test_x), splits.eval_split) == (225, 75, "val")
+
+
+# --------------------------------------------------------------------------- fidelity
+
+
+def test_fidelity_official_is_the_default_and_reaches_every_group():
+    """fidelity=official (google-research/sam) by default; its values reach the groups."""
+    cfg = make("augment=autoaugment", "model=shakeshake26_2x96d")
+    assert cfg.fidelity.name == "official"
+    assert (cfg.optim.wd_mode, cfg.optim.max_grad_norm) == ("loss", 5.0)
+    assert (cfg.augment.cutout_per_image, cfg.augment.policy) == (False, "official")
+    assert cfg.model.style == "official" and cfg.fidelity.true_gradient is True
+    sgd = make("optim=sgd")
+    assert (sgd.optim.wd_mode, sgd.optim.max_grad_norm) == ("loss", 5.0)
+
+
+def test_fidelity_pytorch_is_what_runs_before_it_trained():
+    """fidelity=pytorch equals the values results.KEYS_ADDED fills into a config recorded
+    before the group existed, so such a run resumes with fidelity=pytorch."""
+    from sam.results import KEYS_ADDED, comparable_config
+
+    cfg = make("fidelity=pytorch", "augment=cutout")
+    assert OmegaConf.to_container(cfg.fidelity) == KEYS_ADDED["fidelity"]
+    assert (cfg.optim.wd_mode, cfg.optim.max_grad_norm) == ("base", None)
+    assert cfg.augment.cutout_per_image is True and cfg.model.style == "pytorch"
+    # an SGD run recorded before: torch.optim.SGD itself, no fidelity, no new keys
+    new = OmegaConf.to_container(make("fidelity=pytorch", "optim=sgd"))
+    old = {k: v for k, v in new.items() if k != "fidelity"}
+    old["optim"] = {k: v for k, v in new["optim"].items()
+                    if k not in ("base_optimizer", "wd_mode", "max_grad_norm")}
+    old["optim"]["_target_"] = "torch.optim.SGD"
+    old["model"] = {k: v for k, v in new["model"].items() if k != "style"}
+    assert comparable_config(old) == comparable_config(new)
+    official = OmegaConf.to_container(make("optim=sgd"))
+    assert comparable_config(old) != comparable_config(official)
+
+
+@pytest.mark.parametrize("fidelity", ["official", "pytorch"])
+def test_sgd_is_a_descent_with_the_fidelity_conventions(fidelity):
+    from sam.optim import Descent
+
+    cfg = make(f"fidelity={fidelity}", "optim=sgd")
+    opt = build_optimizer(cfg, torch.nn.Linear(2, 2))
+    assert isinstance(opt, Descent) and not isinstance(opt, SAM)
+    assert isinstance(opt.base_optimizer, torch.optim.SGD)
+    assert opt.max_grad_norm == (5.0 if fidelity == "official" else None)
+    # official: lambda is the L2 term of the loss, so the base SGD has no weight decay
+    assert opt.param_groups[0]["weight_decay"] == (0.0 if fidelity == "official" else 5e-4)

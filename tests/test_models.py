@@ -177,7 +177,8 @@ def test_config_instantiates(name: str) -> None:
 
     path = CONFIG_DIR / f"{name}.yaml"
     assert path.read_text().startswith("# ")  # the model's name as a comment
-    cfg = OmegaConf.create({"model": OmegaConf.load(path), "dataset": {"num_classes": 100}})
+    cfg = OmegaConf.create({"model": OmegaConf.load(path), "dataset": {"num_classes": 100},
+                            "fidelity": {"model_style": "pytorch"}})  # the models' default
     model = instantiate(cfg.model)
     reference = build_model(name, num_classes=100)
     assert type(model) is type(reference)

@@ -10,72 +10,48 @@ from typing import Any
 import pytest
 from scipy import stats
 
-from sam.report import (
-    PAPER_TABLE1,
-    PAPER_TABLE1_CELLS,
-    collect,
-    main,
-    t_interval,
-    t_quantile,
-)
+from sam.report import PAPER_TABLE1, PAPER_TABLE1_CELLS, TABLE_HEADER, collect, main
+from sam.report.paper import paper_cells
+from sam.report.stats import t_interval, t_quantile
 from sam.results import read_json, write_json
 
 T_975_2 = 4.302652729749464  # t_{0.975, 2}, from tables
 SETTING = {"dataset": "cifar10", "model": "wrn28_10", "augment": "basic", "epochs": 200}
+KEY = ("cifar10", "wrn28_10", "basic", "200", "test", "pytorch")  # the group of SETTING
+WHERE = "/".join(KEY)  # as warnings name it
+CELLS = ("SGD", "paper SGD", "SAM", "paper SAM", "SAM - SGD")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_run(
-    root: Path,
-    name: str,
-    optim: str,
-    seed: int,
-    test_error: float | None,
-    *,
-    rho: float | None = None,
-    m: int | None = None,
-    status: str = "complete",
-    error: str | None = None,
-    epochs: int = 200,
-    history: bool = False,
-    precision: str | None = None,
-    **setting: Any,
-) -> Path:
-    """One results.json in root/name following the schema of sam.results."""
-    summary = {
-        **SETTING,
-        "epochs": epochs,
-        "optim": optim,
-        "rho": rho if optim == "sam" else None,
-        "m": m,
-        "seed": seed,
-        "batch_size": 128,
-        "lr": 0.1,
-        "lam": 5e-4,
-        "eval_split": "test",
-        **setting,
-    }
+def write_run(root: Path, name: str, optim: str, seed: int, test_error: float | None, *,
+              rho: float | None = None, m: int | None = None, status: str = "complete",
+              error: str | None = None, epochs: int = 200, history: bool = False,
+              precision: str | None = "fp32", **setting: Any) -> Path:
+    """One results.json in root/name following the schema of sam.results; ``setting``
+    overrides summary keys; precision None: written before precision was recorded."""
+    summary = {**SETTING, "epochs": epochs, "optim": optim, "m": m, "seed": seed,
+               "rho": rho if optim == "sam" else None, "batch_size": 128, "lr": 0.1,
+               "lam": 5e-4, "eval_split": "test", "fidelity": "pytorch", **setting}
     rows = []
     if history and test_error is not None:  # a curve that ends at the final test error
-        rows = [
-            {"epoch": e, "test_error": test_error + 10.0 / e, "train_loss": 1.0 / e}
-            for e in range(1, 4)
-        ]
+        rows = [{"epoch": e, "test_error": test_error + 10.0 / e, "train_loss": 1.0 / e}
+                for e in range(1, 4)]
     final = None if test_error is None else {"epoch": epochs, "test_error": test_error}
-    run = {
-        "schema_version": 1,
-        "status": status,
-        "error": error,
-        "summary": summary,
-        "overrides": [],
-        "config": {},
-        "history": rows,
-        "final": final,
-    }
-    if precision is not None:
-        run["precision"] = precision
+    run = {"schema_version": 1, "status": status, "error": error, "summary": summary,
+           "overrides": [], "config": {}, "history": rows, "final": final,
+           **({} if precision is None else {"precision": precision})}
     path = root / name / "results.json"
+    write_json(path, run)
+    return path
+
+
+def edit(path: Path, drop: tuple[str, ...] = (), **top: Any) -> Path:
+    """Change a written results.json: set top-level keys, remove ``drop`` from its summary."""
+    run = read_json(path)
+    run.update(top)
+    for key in drop:
+        del run["summary"][key]
     write_json(path, run)
     return path
 
@@ -108,6 +84,21 @@ def table_row(text: str, *first_cells: str) -> list[str]:
     raise AssertionError(f"no row {first_cells} in\n{text}")
 
 
+def row_of(text: str, *first_cells: str) -> dict[str, str]:
+    """The test-error table's row starting with ``first_cells``, by column name."""
+    return dict(zip(TABLE_HEADER, table_row(text, *first_cells), strict=True))
+
+
+def values(row: dict[str, str], *names: str) -> list[str]:
+    return [row[n] for n in names]
+
+
+def report(capsys: pytest.CaptureFixture[str], *args: Path | str) -> str:
+    """``sam-report ARGS`` (it must exit 0): the report it printed."""
+    assert main([str(a) for a in args]) == 0
+    return capsys.readouterr().out
+
+
 def test_t_quantile_table_values() -> None:
     """Two-sided 95% quantiles t_{0.975, df} from printed t tables (3 decimals), so a wrong
     call (the one-sided ppf(0.95), p and df swapped) fails; t_{0.95, 4} for contrast."""
@@ -133,12 +124,8 @@ def test_collect_separates_complete_and_others(sweep: Path) -> None:
     complete, others = collect([sweep])
     assert len(complete) == 7
     status = {Path(r["path"]).parent.name: r["status"] for r in others}
-    assert status == {
-        "failed": "failed",
-        "running": "running",
-        "diverged": "diverged",
-        "broken": "unreadable",
-    }
+    assert status == {"failed": "failed", "running": "running", "diverged": "diverged",
+                      "broken": "unreadable"}
     # a run directory itself, and overlapping directories counted once
     complete, others = collect([sweep / "sgd_0", sweep, sweep / "sgd_0" / "results.json"])
     assert (len(complete), len(others)) == (7, 4)
@@ -146,51 +133,29 @@ def test_collect_separates_complete_and_others(sweep: Path) -> None:
 
 def test_report_table_csv_and_other_runs(sweep: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    assert main([str(sweep), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    printed = report(capsys, sweep, "--out", out)
     half = T_975_2 * 0.1 / math.sqrt(3)  # 0.2484...
-
-    row = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test")
-    assert row[5:] == [
-        "0.05",
-        "B=128",
-        f"3.50 ± {half:.2f} (n=3)",
-        "3.5 ± 0.1",
-        f"2.70 ± {half:.2f} (n=3)",
-        "2.7 ± 0.1",
-        "-0.80",
-    ]
-    assert f"{half:.2f}" == "0.25"
-    single = table_row(printed, "cifar100", "resnet18", "basic", "10", "test")
-    assert single[5:] == ["-", "B=128", "5.25 (n=1)", "", "-", "", "-"]  # SGD's own m
-
-    for name, status, error in [
-        ("failed", "failed", "CUDA OOM"),
-        ("running", "running", ""),
-        ("diverged", "diverged", "loss is nan"),
-        ("broken", "unreadable", "JSONDecodeError"),
-    ]:
+    assert TABLE_HEADER == ["dataset", "model", "augment", "epochs", "eval_split", "fidelity",
+                            "rho", "m", "precision", *CELLS]
+    assert table_row(printed, *KEY)[6:] == ["0.05", "B=128", "fp32", "3.50 ± 0.25 (n=3)",
+                                            "3.5 ± 0.1", "2.70 ± 0.25 (n=3)", "2.7 ± 0.1", "-0.80"]
+    single = table_row(printed, "cifar100", "resnet18", "basic", "10", "test", "pytorch")
+    assert single[6:] == ["-", "B=128", "fp32", "5.25 (n=1)", "", "-", "", "-"]  # SGD's own m
+    for name, status, error in [("failed", "failed", "CUDA OOM"), ("running", "running", ""),
+                                ("diverged", "diverged", "loss is nan"),
+                                ("broken", "unreadable", "JSONDecodeError")]:
         cells = table_row(printed, str(sweep / name / "results.json"))
         assert cells[1] == status and error in cells[3]
     assert (out / "report.md").read_text() == printed
-
     with open(out / "report.csv", newline="") as f:
         rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(f)}
     r = rows[("cifar10", "wrn28_10")]
-    assert (r["augment"], r["epochs"], r["eval_split"], r["rho"], r["m"]) == \
-        ("basic", "200", "test", "0.05", "128")
+    assert values(r, "augment", "epochs", "eval_split", "fidelity", "rho", "m", "precision") \
+        == ["basic", "200", "test", "pytorch", "0.05", "128", "fp32"]
     assert (r["sgd_n"], r["sam_n"]) == ("3", "3")
-    for field, value in [
-        ("sgd_mean", 3.5),
-        ("sgd_std", 0.1),
-        ("sgd_half_width", half),
-        ("paper_sgd", 3.5),
-        ("sam_mean", 2.7),
-        ("sam_std", 0.1),
-        ("sam_half_width", half),
-        ("paper_sam", 2.7),
-        ("sam_minus_sgd", -0.8),
-    ]:
+    for field, value in [("sgd_mean", 3.5), ("sgd_std", 0.1), ("sgd_half_width", half),
+                         ("paper_sgd", 3.5), ("sam_mean", 2.7), ("sam_std", 0.1),
+                         ("sam_half_width", half), ("paper_sam", 2.7), ("sam_minus_sgd", -0.8)]:
         assert float(r[field]) == pytest.approx(value, abs=1e-9), field
     s = rows[("cifar100", "resnet18")]
     assert (s["sgd_n"], s["sgd_mean"], s["sgd_half_width"], s["sam_n"]) == ("1", "5.25", "", "")
@@ -206,23 +171,21 @@ def test_msharpness_sweep_writes_plots(tmp_path: Path, capsys) -> None:
         for i, rho in enumerate(rhos):
             for j, m in enumerate(ms):
                 err = 3.0 - 0.1 * i - 0.1 * j + 0.1 * seed
-                path = f"sam/{rho}_{m}/{seed}"
-                write_run(root, path, "sam", seed, err, rho=rho, m=m, history=True)
-    assert main([str(root)]) == 0  # OUTDIR defaults to the first DIR
-    printed = capsys.readouterr().out
+                write_run(root, f"sam/{rho}_{m}/{seed}", "sam", seed, err, rho=rho, m=m,
+                          history=True)
+    printed = report(capsys, root)  # OUTDIR defaults to the first DIR
     rows = [line for line in printed.splitlines() if line.startswith("| cifar10 ")]
     assert len(rows) == len(rhos) * len(ms)
     assert all("3.55 ± " in line and "(n=2)" in line for line in rows)  # SGD repeated
     # rho=0.1, m=16: errors 2.7 and 2.8, s = 0.1 / sqrt(2), h = t_{0.975,1} * s / sqrt(2)
     half = stats.t.ppf(0.975, 1) * (0.1 / math.sqrt(2)) / math.sqrt(2)
-    cells = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "0.1", "16")
-    assert cells[9] == f"2.75 ± {half:.2f} (n=2)" == "2.75 ± 0.64 (n=2)"
-    assert cells[11] == "-0.80"
-    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "0.01", "B=128")
-    for name in ("msharpness.png", "curves.png", "report.md", "report.csv"):
-        assert (root / name).exists(), name
+    cells = row_of(printed, *KEY, "0.1", "16")
+    assert cells["SAM"] == f"2.75 ± {half:.2f} (n=2)" == "2.75 ± 0.64 (n=2)"
+    assert cells["SAM - SGD"] == "-0.80"
+    assert table_row(printed, *KEY, "0.01", "B=128")
+    assert (root / "report.md").exists() and (root / "report.csv").exists()
     for name in ("msharpness.png", "curves.png"):
-        assert (root / name).read_bytes()[:8] == PNG_MAGIC
+        assert (root / name).read_bytes()[:8] == PNG_MAGIC, name
 
 
 def test_mixed_settings_and_repeated_seeds_are_warned(tmp_path: Path, capsys) -> None:
@@ -231,22 +194,14 @@ def test_mixed_settings_and_repeated_seeds_are_warned(tmp_path: Path, capsys) ->
     write_run(root, "b", "sgd", 0, 3.2, lr=0.2)
     write_run(root, "c", "sam", 1, 2.5, rho=0.05, m=128)  # m = batch size: same as m=None
     write_run(root, "d", "sam", 2, 2.7, rho=0.05)
-    assert main([str(root)]) == 0
-    printed = capsys.readouterr().out
-    assert "cifar10/wrn28_10/basic/200/test sgd: mixes lr = 0.1, 0.2" in printed
-    assert "cifar10/wrn28_10/basic/200/test sgd: seed 0 appears more than once" in printed
+    printed = report(capsys, root)
+    assert f"{WHERE} sgd: mixes lr = 0.1, 0.2" in printed
+    assert f"{WHERE} sgd: seed 0 appears more than once" in printed
     assert "cells differ" not in printed  # the mixed cell is warned once, as such
-    row = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test")
     half = stats.t.ppf(0.975, 1) * (0.2 / math.sqrt(2)) / math.sqrt(2)  # s = 0.2 / sqrt(2)
-    assert row[5:] == [
-        "0.05",
-        "B=128",
-        f"3.10 ± {half:.2f} (n=2)",
-        "3.5 ± 0.1",
-        f"2.60 ± {half:.2f} (n=2)",
-        "2.7 ± 0.1",
-        "-0.50",
-    ]
+    assert values(row_of(printed, *KEY), "rho", "m", *CELLS) == [
+        "0.05", "B=128", f"3.10 ± {half:.2f} (n=2)", "3.5 ± 0.1", f"2.60 ± {half:.2f} (n=2)",
+        "2.7 ± 0.1", "-0.50"]
 
 
 def test_missing_or_empty_directories(tmp_path: Path, capsys) -> None:
@@ -269,13 +224,11 @@ def test_sgd_with_other_batchnorm_shards_is_another_baseline(tmp_path: Path, cap
     write_run(tmp_path, "b", "sgd", 1, 3.2)
     write_run(tmp_path, "c", "sgd", 2, 3.1, m=128)
     write_run(tmp_path, "d", "sam", 0, 2.5, rho=0.05, m=32)
-    assert main([str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "0.05", "32")[7:10] \
-        == ["3.00 (n=1)", "3.5 ± 0.1", "2.50 (n=1)"]
+    printed = report(capsys, tmp_path)
+    assert values(row_of(printed, *KEY, "0.05", "32"), *CELLS[:3]) == \
+        ["3.00 (n=1)", "3.5 ± 0.1", "2.50 (n=1)"]
     half = stats.t.ppf(0.975, 1) * (0.1 / math.sqrt(2)) / math.sqrt(2)
-    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "-", "B=128")[7] \
-        == f"3.15 ± {half:.2f} (n=2)"
+    assert row_of(printed, *KEY, "-", "B=128")["SGD"] == f"3.15 ± {half:.2f} (n=2)"
     assert "mixes" not in printed
 
 
@@ -290,22 +243,14 @@ def test_sgd_runs_of_a_rho_sweep_count_once(tmp_path: Path, capsys) -> None:
     for rho in (0.02, 0.05):
         for seed, err in enumerate((3.4, 3.6)):
             for optim, e in (("sgd", err), ("sam", err - 0.8)):
-                path = write_run(tmp_path, f"{optim}_{rho}_{seed}", optim, seed, e, rho=rho)
-                run = read_json(path)
-                run["config"] = config(optim, rho, seed)
-                write_json(path, run)
-    again = write_run(tmp_path, "sam_again", "sam", 0, 2.0, rho=0.05)  # rerun, other device
-    run = read_json(again)
-    run["config"] = {**config("sam", 0.05, 0), "device": "cuda"}
-    write_json(again, run)
-    asam = write_run(tmp_path, "sam_adaptive", "sam", 1, 2.1, rho=0.05)
-    run = read_json(asam)
-    run["config"] = config("sam", 0.05, 1, adaptive=True)
-    write_json(asam, run)
-    assert main([str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    row = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "0.02", "B=128")
-    assert row[7].endswith("(n=2)")  # SGD: 2 seeds, not 4 runs
+                edit(write_run(tmp_path, f"{optim}_{rho}_{seed}", optim, seed, e, rho=rho),
+                     config=config(optim, rho, seed))
+    edit(write_run(tmp_path, "sam_again", "sam", 0, 2.0, rho=0.05),  # rerun, other device
+         config={**config("sam", 0.05, 0), "device": "cuda"})
+    edit(write_run(tmp_path, "sam_adaptive", "sam", 1, 2.1, rho=0.05),
+         config=config("sam", 0.05, 1, adaptive=True))
+    printed = report(capsys, tmp_path)
+    assert row_of(printed, *KEY, "0.02", "B=128")["SGD"].endswith("(n=2)")  # 2 seeds, not 4
     duplicates = [line for line in printed.splitlines() if "| duplicate |" in line]
     assert len(duplicates) == 3  # 2 SGD reruns under the other rho, the SAM rerun
     assert all("counted once" in line for line in duplicates)
@@ -317,16 +262,11 @@ def test_same_config_on_another_number_of_processes_is_not_a_duplicate(tmp_path:
     """Under torchrun each rank perturbs alone (m = the per-rank batch), which the config
     does not say: such a run is another measurement, in its own cell."""
     for name, extra in (("single", {}), ("ddp", {"distributed": {"world_size": 4}})):
-        path = write_run(tmp_path, name, "sam", 0, 2.7, rho=0.05,
-                         m=32 if name == "ddp" else None)
-        run = read_json(path)
-        run.update(config={"seed": 0, "optim": {"name": "sam", "rho": 0.05}}, **extra)
-        write_json(path, run)
-    assert main([str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
+        edit(write_run(tmp_path, name, "sam", 0, 2.7, rho=0.05, m=32 if name == "ddp" else None),
+             config={"seed": 0, "optim": {"name": "sam", "rho": 0.05}}, **extra)
+    printed = report(capsys, tmp_path)
     assert "duplicate" not in printed
-    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "0.05", "32")
-    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test", "0.05", "B=128")
+    assert table_row(printed, *KEY, "0.05", "32") and table_row(printed, *KEY, "0.05", "B=128")
 
 
 def test_cell_mixing_precisions_is_warned(tmp_path: Path, capsys) -> None:
@@ -335,16 +275,60 @@ def test_cell_mixing_precisions_is_warned(tmp_path: Path, capsys) -> None:
     write_run(tmp_path, "a", "sgd", 0, 3.0, precision="bf16")
     write_run(tmp_path, "b", "sgd", 1, 3.2, precision="bf16")
     write_run(tmp_path, "c", "sam", 0, 2.6, rho=0.05, precision="bf16")
-    write_run(tmp_path, "d", "sam", 1, 2.7, rho=0.05)
-    resumed = write_run(tmp_path, "e", "sam", 2, 2.8, rho=0.05, precision="bf16")
-    run = read_json(resumed)
-    run["history"] = [{"epoch": 1, "precision": "fp32"}, {"epoch": 2, "precision": "bf16"}]
-    write_json(resumed, run)
-    assert main([str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
+    write_run(tmp_path, "d", "sam", 1, 2.7, rho=0.05, precision=None)
+    edit(write_run(tmp_path, "e", "sam", 2, 2.8, rho=0.05, precision="bf16"),  # resumed
+         history=[{"epoch": 1, "precision": "fp32"}, {"epoch": 2, "precision": "bf16"}])
+    printed = report(capsys, tmp_path)
     assert "sgd: mixes precision" not in printed
-    assert ("cifar10/wrn28_10/basic/200/test sam rho=0.05 m=B: mixes precision = bf16, "
-            "fp32 then bf16, unrecorded") in printed
+    assert (f"{WHERE} sam rho=0.05 m=B: mixes precision = bf16, fp32 then bf16, "
+            "unrecorded") in printed
+    assert row_of(printed, *KEY)["precision"] == "bf16, fp32 then bf16, unrecorded"
+
+
+def test_precision_column_shows_what_the_runs_recorded(tmp_path: Path, capsys) -> None:
+    """A row's precisions: one when its runs agree, both when SGD and SAM differ (each cell
+    uniform, the row warned), "unrecorded" for results.json from before precision was."""
+    for seed in range(2):
+        write_run(tmp_path, f"sgd_{seed}", "sgd", seed, 3.5)
+        write_run(tmp_path, f"bf16_{seed}", "sam", seed, 2.7, rho=0.05, precision="bf16")
+        write_run(tmp_path, f"fp32_{seed}", "sam", seed, 2.6, rho=0.1)
+    write_run(tmp_path, "old", "sgd", 0, 9.0, epochs=10, precision=None)
+    printed = report(capsys, tmp_path)
+    assert row_of(printed, *KEY, "0.05")["precision"] == "bf16, fp32"
+    assert row_of(printed, *KEY, "0.1")["precision"] == "fp32" and "mixes" not in printed
+    # each cell is uniform, but SAM - SGD of the 0.05 row compares bf16 with fp32: said so
+    assert "its cells differ in precision" in printed and "sam rho=0.05 m=B precision=bf16" \
+        in printed
+    assert row_of(printed, *KEY[:3], "10")["precision"] == "unrecorded"
+    with open(tmp_path / "report.csv", newline="") as f:
+        assert {(r["epochs"], r["rho"]): r["precision"] for r in csv.DictReader(f)} == {
+            ("200", "0.05"): "bf16, fp32", ("200", "0.1"): "fp32", ("10", ""): "unrecorded"}
+
+
+def test_fidelities_get_their_own_rows_each_beside_the_paper(tmp_path: Path, capsys) -> None:
+    """Runs trained as google-research/sam (official) and as davda54/sam (pytorch) share no
+    row, cell or SGD at 2E; the paper's (official code's) value sits beside both; results.json
+    without summary.fidelity trained as pytorch (a rerun of one with it is a duplicate)."""
+    for seed in range(2):
+        for fid, err in (("official", 3.0), ("pytorch", 3.6)):
+            write_run(tmp_path, f"{fid}_sgd_{seed}", "sgd", seed, err + seed / 5, fidelity=fid)
+            write_run(tmp_path, f"{fid}_sam_{seed}", "sam", seed, err - 0.6 + seed / 5,
+                      rho=0.05, fidelity=fid)
+    write_run(tmp_path, "sgd_400", "sgd", 0, 3.2, epochs=400)  # pytorch
+    edit(write_run(tmp_path, "old", "sam", 2, 3.1, rho=0.05), drop=("fidelity",))
+    again = edit(write_run(tmp_path, "rerun", "sam", 0, 9.0, rho=0.05), drop=("fidelity",))
+    printed = report(capsys, tmp_path)
+    h = f"{stats.t.ppf(0.975, 1) * 0.2 / 2:.2f}"  # s = 0.2 / sqrt(2), n = 2
+    assert values(row_of(printed, *KEY[:5], "official"), *CELLS) == [
+        f"3.10 ± {h} (n=2)", "3.5 ± 0.1", f"2.50 ± {h} (n=2)", "2.7 ± 0.1", "-0.60"]
+    assert values(row_of(printed, *KEY), *CELLS) == [
+        f"3.70 ± {h} (n=2)", "3.5 ± 0.1", "3.10 ± 0.25 (n=3)", "2.7 ± 0.1", "-0.60"]
+    assert "mixes" not in printed and "cells differ" not in printed
+    budget = printed.split("## SGD at twice the epochs")[1].splitlines()
+    assert [r.split("|")[6].strip() for r in budget if r.startswith("| c")] == ["pytorch"]
+    assert table_row(printed, str(again))[1:3] == ["duplicate", f"{WHERE} sam rho=0.05 m=B seed=0"]
+    assert ("Table 1 test errors from the official code, so fidelity=official is the "
+            "like-for-like comparison") in " ".join(printed.split())
 
 
 def test_paper_table1_values() -> None:
@@ -357,6 +341,9 @@ def test_paper_table1_values() -> None:
     assert PAPER_TABLE1[("cifar10", "pyramidnet272_shakedrop", "autoaugment", 1800)] == (1.6, 1.4)
     assert PAPER_TABLE1_CELLS[("cifar10", "wrn28_10", "autoaugment", 200)] == ("2.3±0.1",
                                                                              "2.1±<0.1")
+    assert paper_cells((*SETTING.values(), "test", "official")) == ("3.5±0.1", "2.7±0.1") \
+        == paper_cells((*SETTING.values(), "test", "pytorch"))
+    assert paper_cells((*SETTING.values(), "val", "official")) is None
     assert len(PAPER_TABLE1) == 2 * 15  # CIFAR-10/100 x 5 models/budgets x 3 augmentations
     # every recipe's model name is one the table knows
     models = {key[1] for key in PAPER_TABLE1}
@@ -370,14 +357,13 @@ def test_sgd_at_twice_the_epochs_is_compared(tmp_path: Path, capsys) -> None:
         write_run(tmp_path, f"sgd200_{seed}", "sgd", seed, err)
         write_run(tmp_path, f"sgd400_{seed}", "sgd", seed, err - 0.4, epochs=400)
         write_run(tmp_path, f"sam200_{seed}", "sam", seed, err - 0.8, rho=0.05)
-    assert main([str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    out = report(capsys, tmp_path)
     section = out.split("## SGD at twice the epochs")[1]
     row = next(line for line in section.splitlines() if line.startswith("| cifar10"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     # SGD 200: mean 3.5; SGD 400: mean 3.1 (better); SAM 200: 2.7 -> 2.7 - 3.1 = -0.40
-    assert cells[3:5] == ["200", "test"] and cells[7] == "3.10" and cells[-1] == "-0.40"
-    assert cells[5].startswith("3.50") and cells[6].startswith("3.10")
+    assert cells[3:6] == ["200", "test", "pytorch"] and cells[8] == "3.10"
+    assert cells[6].startswith("3.50") and cells[7].startswith("3.10") and cells[-1] == "-0.40"
 
 
 def test_validation_runs_get_their_own_rows_without_paper_numbers(tmp_path: Path,
@@ -387,27 +373,21 @@ def test_validation_runs_get_their_own_rows_without_paper_numbers(tmp_path: Path
         write_run(tmp_path, f"sgd_{seed}", "sgd", seed, err)
         write_run(tmp_path, f"sam_val_{seed}", "sam", seed, err - 1.4, rho=0.05,
                   eval_split="val")
-    old = write_run(tmp_path, "sam_old", "sam", 0, 2.5, rho=0.05)  # before eval_split
-    run = read_json(old)
-    del run["summary"]["eval_split"]
-    write_json(old, run)
-    assert main([str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    test_row = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test")
+    edit(write_run(tmp_path, "sam_old", "sam", 0, 2.5, rho=0.05), drop=("eval_split",))
+    printed = report(capsys, tmp_path)
     half = stats.t.ppf(0.975, 1) * 0.2 / math.sqrt(2) / math.sqrt(2)  # 1.27
-    assert test_row[7:] == [f"3.50 ± {half:.2f} (n=2)", "3.5 ± 0.1", "2.50 (n=1)",
-                            "2.7 ± 0.1", "-1.00"]
-    val_row = table_row(printed, "cifar10", "wrn28_10", "basic", "200", "val")
-    assert val_row[7:] == ["-", "", f"2.10 ± {half:.2f} (n=2)", "", "-"]
+    assert values(row_of(printed, *KEY), *CELLS) == [f"3.50 ± {half:.2f} (n=2)", "3.5 ± 0.1",
+                                                     "2.50 (n=1)", "2.7 ± 0.1", "-1.00"]
+    val_row = row_of(printed, *KEY[:4], "val", "pytorch")
+    assert values(val_row, *CELLS) == ["-", "", f"2.10 ± {half:.2f} (n=2)", "", "-"]
 
 
 def test_sgd_and_sam_cells_with_different_lr_are_warned(tmp_path: Path, capsys) -> None:
     for seed in range(2):
         write_run(tmp_path, f"sgd_{seed}", "sgd", seed, 3.5)
         write_run(tmp_path, f"sam_{seed}", "sam", seed, 2.7, rho=0.05, lr=0.05)
-    assert main([str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    assert ("cifar10/wrn28_10/basic/200/test: its cells differ in lr (sgd lr=0.1; "
+    printed = report(capsys, tmp_path)
+    assert (f"{WHERE}: its cells differ in lr (sgd lr=0.1; "
             "sam rho=0.05 m=B lr=0.05): SAM - SGD compares different settings") in printed
     assert "differ in lam" not in printed and "mixes" not in printed
 
@@ -415,13 +395,9 @@ def test_sgd_and_sam_cells_with_different_lr_are_warned(tmp_path: Path, capsys) 
 def test_complete_run_that_stopped_early_is_not_tabulated(tmp_path: Path, capsys) -> None:
     for seed in range(2):
         write_run(tmp_path, f"sgd_{seed}", "sgd", seed, 3.5 + seed)
-    short = write_run(tmp_path, "short", "sgd", 2, 20.0)
-    run = read_json(short)
-    run["final"]["epoch"] = 150
-    write_json(short, run)
-    assert main([str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    assert table_row(printed, "cifar10", "wrn28_10", "basic", "200", "test")[7].startswith(
-        "4.00 ± ")  # 3.5 and 4.5; with the 20.0 of the short run it would be 9.33
+    short = edit(write_run(tmp_path, "short", "sgd", 2, 20.0),
+                 final={"epoch": 150, "test_error": 20.0})
+    printed = report(capsys, tmp_path)
+    assert row_of(printed, *KEY)["SGD"].startswith("4.00 ± ")  # 3.5, 4.5; with the short 9.33
     cells = table_row(printed, str(short))
     assert cells[1] == "complete" and "final epoch 150 of 200" in cells[3]

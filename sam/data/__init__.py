@@ -2,22 +2,27 @@
 
 Images stay uint8 (N, 3, 32, 32) until a loader normalizes a batch on the device, so a
 whole CIFAR training set (150 MiB) sits on the GPU once and an epoch is gathers and
-elementwise kernels, with no per-sample Python. The exception is AutoAugment, whose
-per-image random policy runs per sample in DataLoader workers (`AutoAugmentLoader`).
+elementwise kernels, with no per-sample Python; the official SAM code's AutoAugment too
+(`official_autoaugment`, batched). The exception is torchvision's AutoAugment, which runs
+per sample in DataLoader workers (`AutoAugmentLoader`).
 
 Randomness is seeded from (seed, epoch) only, so a resumed run replays the same batches.
 
-Modules: `datasets` (loading), `augment` (crop/flip/Cutout ops, pad modes),
-`device_loader` (`Normalize`, `DeviceLoader`), `autoaugment` (`AutoAugmentLoader`),
-`loaders` (`make_loader`).
+Modules: `datasets` (loading), `augment` (crop/flip/Cutout ops, checks of the augment
+settings), `device_loader` (`Normalize`, `DeviceLoader`), `official_autoaugment` (the
+policy; its operations in `official_aa_ops`), `autoaugment` (`AutoAugmentLoader`),
+`loaders` (`make_loader`, `augment_options`).
 """
 
 from sam.data.augment import (
+    AA_POLICIES,
     AUGMENTS,
     PAD_MODES,
     apply_crop_flip,
     apply_cutout,
+    check_cutout_per_image,
     check_pad_mode,
+    check_policy,
     crop_flip_params,
     cutout_params,
     random_crop_flip,
@@ -33,9 +38,11 @@ from sam.data.datasets import (
     make_synthetic,
 )
 from sam.data.device_loader import DeviceLoader, Normalize
-from sam.data.loaders import make_loader
+from sam.data.loaders import augment_options, make_loader
+from sam.data.official_autoaugment import official_autoaugment
 
 __all__ = [
+    "AA_POLICIES",
     "AUGMENTS",
     "CIFAR_STATS",
     "DATASETS",
@@ -48,13 +55,17 @@ __all__ = [
     "_AADataset",
     "apply_crop_flip",
     "apply_cutout",
+    "augment_options",
+    "check_cutout_per_image",
     "check_pad_mode",
+    "check_policy",
     "crop_flip_params",
     "cutout_params",
     "load_dataset",
     "load_splits",
     "make_loader",
     "make_synthetic",
+    "official_autoaugment",
     "random_crop_flip",
     "shard_rows",
 ]

@@ -1,9 +1,11 @@
-"""Batched augmentation ops on image tensors: padded random crop + flip, and Cutout.
+"""Batched augmentation ops on image tensors: padded random crop + flip, and Cutout; and
+the checks of the augment group's settings.
 
 Each op is split into drawing its random parameters on a generator (`*_params`) and
 applying them (`apply_*`), so a batch can be drawn whole and applied in parts. The crop
 runs on uint8 images with one gather and never builds the padded image; the padding mode
-is one of `PAD_MODES`.
+is one of `PAD_MODES`. Cutout has two forms: one square per image (DeVries & Taylor's
+definition) or one square position for the whole batch (the official SAM code's).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ AUGMENTS = ("none", "basic", "cutout", "autoaugment")
 # How the 4-px crop pads: "reflect" mirrors the border (no edge repeat), as the official
 # SAM code (tf.pad mode REFLECT); "zero" pads black, as torchvision's RandomCrop(32, 4).
 PAD_MODES = ("reflect", "zero")
+# Which AutoAugment: "official" = the official SAM code's policies and ops, batched on the
+# device (sam.data.official_autoaugment); "torchvision" = v2.AutoAugment(CIFAR10) per image.
+AA_POLICIES = ("official", "torchvision")
 
 
 def check_pad_mode(pad_mode: str) -> str:
@@ -24,6 +29,22 @@ def check_pad_mode(pad_mode: str) -> str:
     if pad_mode not in PAD_MODES:
         raise UserError(f"augment.pad_mode={pad_mode!r}: use one of {', '.join(PAD_MODES)}")
     return pad_mode
+
+
+def check_policy(policy: str) -> str:
+    """``policy`` if it is one of AA_POLICIES, else UserError naming the setting."""
+    if policy not in AA_POLICIES:
+        raise UserError(f"augment.policy={policy!r}: use {' or '.join(AA_POLICIES)}")
+    return policy
+
+
+def check_cutout_per_image(value: bool) -> bool:
+    """``value`` if it is a bool, else UserError naming the setting."""
+    if not isinstance(value, bool):
+        raise UserError(f"augment.cutout_per_image={value!r}: use true (one square per "
+                        "image) or false (one position for the whole batch, as the official "
+                        "code)")
+    return value
 
 
 def crop_flip_params(
@@ -84,7 +105,8 @@ def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4,
 
 
 def cutout_params(n: int, h: int, w: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Draw per-image Cutout centres (row, col), uniform over the H x W pixels."""
+    """Draw n Cutout centres (row, col), uniform over the H x W pixels: one per image, or
+    n = 1 for one centre of a whole batch (the official code's, augmentation.py:105-110)."""
     dev = generator.device
     cy = torch.randint(0, h, (n,), generator=generator, device=dev)
     cx = torch.randint(0, w, (n,), generator=generator, device=dev)
@@ -95,7 +117,8 @@ def apply_cutout(x: Tensor, cy: Tensor, cx: Tensor, size: int = 16) -> Tensor:
     """Zero a size x size square centred at (cy, cx) in each image, clipped at the borders.
 
     Rows cy - size//2 .. cy + size//2 - 1 (and the same for columns), as in DeVries &
-    Taylor's reference code.
+    Taylor's reference code and the official SAM code ([max(0, c - 8), min(H, c + 8)) for
+    size 16). cy, cx hold one centre per image, or a single one (shape (1,)) for all.
     """
     h, w = x.shape[-2:]
     ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)

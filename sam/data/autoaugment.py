@@ -1,4 +1,7 @@
-"""AutoAugment loading: per-image AutoAugment + flip + crop in DataLoader workers.
+"""torchvision's AutoAugment loading: per-image AutoAugment + flip + crop in DataLoader workers.
+
+(augment.policy=torchvision; the official SAM code's AutoAugment runs batched on the device
+instead, in `DeviceLoader`.)
 
 AutoAugment's random policy runs per sample on the CPU (`_AADataset`, each sample under
 its own seed, so results do not depend on the number of workers); each batch then moves
@@ -109,7 +112,8 @@ class AutoAugmentLoader:
     RandomCrop(32, padding=4) (`_AADataset`) per sample (uint8, in `num_workers`
     processes); each batch is then moved to `device`, normalized and given Cutout there,
     as in the SAM paper's AutoAugment runs (the official code adds Cutout as a batch-level
-    option).
+    option): one square per image, or with `cutout_per_image=False` one position for the
+    whole batch (the official code's).
 
     `set_shard(rank, world)` makes it fetch, augment and yield only one rank's rows of
     every batch, bit for bit the `tensor_split(world)[rank]` slices of its batches
@@ -129,6 +133,7 @@ class AutoAugmentLoader:
         seed: int = 0,
         num_workers: int = 0,
         pad_mode: str = "reflect",
+        cutout_per_image: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.seed = seed
@@ -144,7 +149,8 @@ class AutoAugmentLoader:
             persistent_workers=num_workers > 0,
         )
         self._non_blocking = on_cuda
-        self._finish = Normalize(self.device, mean, std, cutout=True)
+        self._finish = Normalize(self.device, mean, std, cutout=True,
+                                 cutout_per_image=cutout_per_image)
         self.generator = torch.Generator(device=self.device)
         self.set_epoch(0)
 

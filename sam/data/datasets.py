@@ -26,10 +26,12 @@ log = logging.getLogger("sam.data")  # the package's logger, as before the split
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
 
-# Published per-channel statistics of the training sets (pixel values scaled to [0, 1]).
+# Per-channel mean and std of the training sets' pixels scaled to [0, 1] (population std),
+# the 8 digits the official SAM code normalises with (sam_jax/datasets/dataset_source.py:
+# 210-214); the 4-digit values often quoted are these rounded.
 CIFAR_STATS = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "cifar10": ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
+    "cifar100": ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
 }
 _CIFAR = {"cifar10": (CIFAR10, "CIFAR-10", 10), "cifar100": (CIFAR100, "CIFAR-100", 100)}
 

@@ -2,7 +2,9 @@
 
 A whole CIFAR training set (150 MiB) sits on the GPU once and an epoch is gathers and
 elementwise kernels, with no per-sample Python. `Normalize` is the last step of every
-training and evaluation batch: (x / 255 - mean) / std, then Cutout when asked.
+training and evaluation batch: (x / 255 - mean) / std, then Cutout when asked. With
+augment="autoaugment" the official SAM code's AutoAugment runs first, batched on the
+device, in the official order: AutoAugment, flip + padded crop, normalise, Cutout.
 
 Randomness is seeded from (seed, epoch) only, so a resumed run replays the same batches.
 """
@@ -16,8 +18,15 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from sam.data.augment import apply_cutout, check_pad_mode, cutout_params, random_crop_flip
+from sam.data.augment import (
+    apply_cutout,
+    check_cutout_per_image,
+    check_pad_mode,
+    cutout_params,
+    random_crop_flip,
+)
 from sam.data.datasets import Stats
+from sam.data.official_autoaugment import official_autoaugment
 from sam.errors import UserError
 
 
@@ -28,19 +37,23 @@ def _seed(*parts: int) -> int:
 
 
 class Normalize:
-    """uint8 batch on the device -> (x / 255 - mean) / std as float, plus Cutout when
-    asked (the last step of every training and evaluation batch).
+    """uint8 batch on the device -> (x / 255 - mean) / std as float, plus a 16x16 zero
+    Cutout square when asked (the last step of every training and evaluation batch).
 
+    cutout_per_image: True draws one centre per image (DeVries & Taylor's Cutout); False
+    one centre for the whole batch, every image losing the same square (the official
+    code's batch-level Cutout, augmentation.py:81-138).
     `part=(start, size)` says that `x` holds rows start .. start + len(x) - 1 of a batch
     of `size`: Cutout is then drawn for the whole batch and its rows of `x` applied, so
     the result is exactly those rows of the whole batch's result (used by a sharded
     `AutoAugmentLoader`, which fetches only one rank's rows).
     """
 
-    def __init__(self, device: torch.device, mean: Stats, std: Stats, cutout: bool) -> None:
+    def __init__(self, device: torch.device, mean: Stats, std: Stats, cutout: bool,
+                 cutout_per_image: bool = True) -> None:
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
-        self.cutout = cutout
+        self.cutout, self.per_image = cutout, check_cutout_per_image(cutout_per_image)
 
     def __call__(
         self,
@@ -51,6 +64,8 @@ class Normalize:
         x = x.float().sub_(self.mean).div_(self.std)
         if not self.cutout:
             return x
+        if not self.per_image:  # one centre, whatever rows of the batch `x` holds
+            return apply_cutout(x, *cutout_params(1, *x.shape[-2:], generator))
         start, size = part or (0, len(x))
         cy, cx = cutout_params(size, *x.shape[-2:], generator)
         rows = slice(start, start + len(x))
@@ -73,12 +88,24 @@ class DeviceLoader:
     """Batches from a uint8 image set held on `device`, augmented and normalized there.
 
     augment: "none", "basic" (4-px padded random crop + horizontal flip on uint8, padding
-    by `pad_mode`, then normalize) or "cutout" (basic, normalize, then a 16x16 zero
-    square). With `drop_last` the last partial batch of each (reshuffled) epoch is left
-    out, as in the official code. All randomness comes from one generator reseeded from
-    (seed, epoch) when an epoch starts, so the same epoch always yields bit-identical
-    batches on one device.
-    Iterating to the end advances the epoch; `set_epoch` sets it explicitly (on resume).
+    by `pad_mode`, then normalize), "cutout" (basic, normalize, then a 16x16 zero square:
+    one per image, or with `cutout_per_image=False` one position for the whole batch) or
+    "autoaugment" (the official SAM code's AutoAugment on uint8, then cutout). With
+    `drop_last` the last partial batch of each (reshuffled) epoch is left out, as in the
+    official code.
+
+    Randomness: `generator` draws the order, crops, flips and Cutout; `aa_generator` (made
+    for "autoaugment" only) draws AutoAugment, so the other draws are those of "cutout".
+    Both live on `device` and are reseeded from (seed, epoch) when an epoch starts, so
+    the same epoch always yields bit-identical batches on one device (and a run resumed
+    at an epoch boundary continues exactly). Iterating to the end advances the epoch;
+    `set_epoch` sets it explicitly (on resume).
+
+    Under DDP `sam.distributed.ShardedLoader` slices every global batch: each rank draws
+    the whole batch from the same seeds (AutoAugment included) and keeps its rows, so a
+    run matches a one-process run, and the batch-level Cutout has one position per global
+    batch, shared by the ranks: the official code on one host with several devices (with
+    several hosts the official draws one position per host batch).
     """
 
     def __init__(
@@ -94,11 +121,11 @@ class DeviceLoader:
         drop_last: bool = True,
         seed: int = 0,
         pad_mode: str = "reflect",
+        cutout_per_image: bool = True,
     ) -> None:
-        if augment not in ("none", "basic", "cutout"):
+        if augment not in ("none", "basic", "cutout", "autoaugment"):
             raise UserError(
-                f"unknown augment {augment!r}: use one of none, basic, cutout "
-                "(or autoaugment via make_loader)"
+                f"unknown augment {augment!r}: use one of none, basic, cutout, autoaugment"
             )
         self.device = torch.device(device)
         self.x = x_uint8.to(self.device)
@@ -106,14 +133,20 @@ class DeviceLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.augment, self.seed, self.pad_mode = augment, seed, check_pad_mode(pad_mode)
         self._len = _num_batches(len(self.x), batch_size, drop_last)
-        self._finish = Normalize(self.device, mean, std, cutout=augment == "cutout")
+        self._finish = Normalize(self.device, mean, std,
+                                 cutout=augment in ("cutout", "autoaugment"),
+                                 cutout_per_image=cutout_per_image)
         self.generator = torch.Generator(device=self.device)
+        self.aa_generator = (torch.Generator(device=self.device)
+                             if augment == "autoaugment" else None)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next pass over the data epoch `epoch` (reseeds the generator)."""
+        """Make the next pass over the data epoch `epoch` (reseeds the generators)."""
         self.epoch = epoch
         self.generator.manual_seed(_seed(self.seed, epoch))
+        if self.aa_generator is not None:
+            self.aa_generator.manual_seed(_seed(self.seed, epoch, 2))
 
     def __len__(self) -> int:
         return self._len
@@ -129,6 +162,8 @@ class DeviceLoader:
         for i in range(self._len):
             idx = order[i * bs : (i + 1) * bs]
             x = self.x[idx]
+            if self.aa_generator is not None:  # AutoAugment first, on uint8 (official order)
+                x = official_autoaugment(x, self.aa_generator)
             if self.augment != "none":
                 x = random_crop_flip(x, g, pad_mode=self.pad_mode)
             yield self._finish(x, g), self.y[idx]

@@ -1,20 +1,40 @@
-"""`make_loader`: the loader for an augmentation name in `AUGMENTS`.
+"""`make_loader`: the loader for an augmentation name in `AUGMENTS`; `augment_options`: its
+settings from the augment config group.
 
-"none", "basic" and "cutout" run batched on the device (`DeviceLoader`); "autoaugment"
-runs per image on CPU workers (`AutoAugmentLoader`). Both yield normalized (x, y) batches
-on the device and reseed from (seed, epoch).
+"none", "basic", "cutout" and "autoaugment" with the official policy run batched on the
+device (`DeviceLoader`); "autoaugment" with torchvision's policy runs per image on CPU
+workers (`AutoAugmentLoader`). Both yield normalized (x, y) batches on the device and
+reseed from (seed, epoch).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from sam.data.augment import AUGMENTS
+from sam.data.augment import AUGMENTS, check_cutout_per_image, check_pad_mode, check_policy
 from sam.data.autoaugment import AutoAugmentLoader
 from sam.data.datasets import Stats
 from sam.data.device_loader import DeviceLoader
 from sam.errors import UserError
+
+
+def augment_options(augment: Mapping[str, Any]) -> dict[str, Any]:
+    """`make_loader`'s keyword arguments from the augment group (``cfg.augment``), each
+    checked (UserError naming the setting): pad_mode, num_workers, cutout_per_image and
+    policy. A key the group lacks takes the value runs had before it existed."""
+    workers = augment.get("num_workers", 0)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise UserError(f"augment.num_workers={workers!r}: must be an integer >= 0")
+    return {
+        "pad_mode": check_pad_mode(augment.get("pad_mode", "reflect")),
+        "num_workers": workers,
+        "cutout_per_image": check_cutout_per_image(augment.get("cutout_per_image", True)),
+        "policy": check_policy(augment.get("policy", "torchvision")),
+    }
 
 
 def make_loader(
@@ -31,22 +51,29 @@ def make_loader(
     seed: int,
     num_workers: int = 0,
     pad_mode: str = "reflect",
+    cutout_per_image: bool = True,
+    policy: str = "torchvision",
 ) -> DeviceLoader | AutoAugmentLoader:
     """A loader yielding normalized (x, y) batches on `device` for augment in `AUGMENTS`.
 
     "none"/"basic"/"cutout" run batched on the device (`DeviceLoader`, which ignores
-    num_workers); "autoaugment" = AutoAugment + flip + crop per image on CPU workers, then
-    normalize + Cutout on the device (`AutoAugmentLoader`). The crop pads by `pad_mode`.
+    num_workers). "autoaugment" = AutoAugment + flip + crop, then normalize + Cutout:
+    with policy "official" the official SAM code's AutoAugment batched on the device
+    (`DeviceLoader`), with "torchvision" torchvision's per image on CPU workers
+    (`AutoAugmentLoader`). The crop pads by `pad_mode`; Cutout takes one square per image
+    (`cutout_per_image`) or one position per batch (the official code's).
     """
-    if augment == "autoaugment":
+    check_policy(policy)
+    if augment == "autoaugment" and policy == "torchvision":
         return AutoAugmentLoader(
             splits_x, splits_y, batch_size, device, mean, std,
             shuffle=shuffle, drop_last=drop_last, seed=seed, num_workers=num_workers,
-            pad_mode=pad_mode,
+            pad_mode=pad_mode, cutout_per_image=cutout_per_image,
         )
     if augment not in AUGMENTS:
         raise UserError(f"unknown augment {augment!r}: set it to one of {', '.join(AUGMENTS)}")
     return DeviceLoader(
         splits_x, splits_y, batch_size, device, mean, std,
         augment=augment, shuffle=shuffle, drop_last=drop_last, seed=seed, pad_mode=pad_mode,
+        cutout_per_image=cutout_per_image,
     )

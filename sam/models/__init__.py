@@ -1,7 +1,10 @@
 """CIFAR architectures and a name -> constructor registry. Models know nothing of SAM.
 
 Every constructor takes ``num_classes`` plus optional keyword overrides, e.g.
-``build_model("wrn28_10", 100, dropout=0.3)``.
+``build_model("wrn28_10", 100, dropout=0.3)``. WideResNet, ShakeShake and PyramidNet take
+``style`` (one of ``STYLES``): "pytorch" (default) or "official" (google-research/sam's
+architectures exactly). ``with true_gradient(model):`` makes Shake-Shake and ShakeDrop
+backpropagate through their forward gate, as the official SAM ascent pass does.
 """
 
 from collections.abc import Callable
@@ -10,8 +13,10 @@ from functools import partial
 from torch import nn
 
 from sam.errors import UserError
+from sam.models.common import STYLES
 from sam.models.pyramidnet import PyramidNet
 from sam.models.resnet import CifarResNet, ResNet18
+from sam.models.shake import ShakeModule, true_gradient
 from sam.models.shakeshake import ShakeShake
 from sam.models.wrn import WideResNet
 
@@ -43,8 +48,11 @@ __all__ = [
     "MODELS",
     "CifarResNet",
     "PyramidNet",
+    "STYLES",
     "ResNet18",
+    "ShakeModule",
     "ShakeShake",
     "WideResNet",
     "build_model",
+    "true_gradient",
 ]

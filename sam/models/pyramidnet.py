@@ -10,18 +10,26 @@ ShakeDrop scales the residual branch by ``b + alpha - b * alpha`` on the forward
 ``b + beta - b * beta`` on the backward pass, with b ~ Bernoulli(1 - p_l), alpha ~ U(-1, 1) and
 beta ~ U(0, 1) drawn per sample (as in google-research/sam), all in the forward pass from
 torch's global generator. The drop probability p_l grows linearly to 0.5 at the last block;
-evaluation scales the branch by its expectation, 1 - p_l.
+evaluation scales the branch by its expectation, 1 - p_l. Inside
+``sam.models.true_gradient`` (the official SAM ascent pass) the backward factor is the
+forward one.
+
+``style="official"`` (google-research/sam, ``sam_jax/models/pyramidnet.py``, which always
+has ShakeDrop and bottlenecks): strided 3x3 convs use flax 'SAME' padding (0 before, 1
+after on even sizes) and the final layer is U(+-1/sqrt(num_classes)) with zero bias;
+otherwise identical, with the same parameter count.
 """
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sam.models.common import he_init
-from sam.models.shake import per_sample_uniform, shake_scale
+from sam.models.common import check_style, conv3x3, he_init, official_dense_init
+from sam.models.shake import ShakeModule, per_sample_uniform, shake_scale
 
 
-class ShakeDrop(nn.Module):
-    """ShakeDrop on a residual branch with drop probability ``p_drop``."""
+class ShakeDrop(ShakeModule):
+    """ShakeDrop on a residual branch with drop probability ``p_drop``; under
+    ``true_gradient`` the gradient uses the forward factor (beta is drawn all the same)."""
 
     def __init__(self, p_drop: float) -> None:
         super().__init__()
@@ -32,8 +40,11 @@ class ShakeDrop(nn.Module):
             return (1 - self.p_drop) * x
         gate = (per_sample_uniform(x) >= self.p_drop).to(x.dtype)  # 1 keeps the branch as is
         alpha = per_sample_uniform(x, -1.0, 1.0)
-        beta = per_sample_uniform(x, 0.0, 1.0)
-        return shake_scale(x, gate + alpha - gate * alpha, gate + beta - gate * beta)
+        beta = per_sample_uniform(x, 0.0, 1.0)  # drawn either way: the RNG stream stays aligned
+        forward = gate + alpha - gate * alpha
+        if self.true_gradient:  # official x * rand_forward (sam_jax/models/utils.py:178-180)
+            return x * (forward + 0 * beta)  # exactly forward; see ShakeModule on why
+        return shake_scale(x, forward, gate + beta - gate * beta)
 
     def extra_repr(self) -> str:
         return f"p_drop={self.p_drop:.4f}"
@@ -46,7 +57,13 @@ class PyramidBlock(nn.Module):
     """
 
     def __init__(
-        self, in_planes: int, planes: int, stride: int, bottleneck: bool, p_drop: float | None
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        bottleneck: bool,
+        p_drop: float | None,
+        style: str = "pytorch",
     ) -> None:
         super().__init__()
         self.out_planes = planes * (4 if bottleneck else 1)
@@ -56,14 +73,14 @@ class PyramidBlock(nn.Module):
                 nn.Conv2d(in_planes, planes, 1, bias=False),
                 nn.BatchNorm2d(planes),
                 nn.ReLU(),
-                nn.Conv2d(planes, planes, 3, stride, 1, bias=False),
+                conv3x3(planes, planes, stride, style),
                 nn.BatchNorm2d(planes),
                 nn.ReLU(),
                 nn.Conv2d(planes, self.out_planes, 1, bias=False),
             ]
         else:
             layers += [
-                nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False),
+                conv3x3(in_planes, planes, stride, style),
                 nn.BatchNorm2d(planes),
                 nn.ReLU(),
                 nn.Conv2d(planes, planes, 3, 1, 1, bias=False),
@@ -86,7 +103,8 @@ class PyramidNet(nn.Module):
     """PyramidNet-``depth`` with widening factor ``alpha`` for 32x32 inputs.
 
     ``shakedrop=True`` adds ShakeDrop to every block with drop probability rising linearly
-    from 0.5 / N at the first block to 0.5 at the last.
+    from 0.5 / N at the first block to 0.5 at the last. ``style``: "pytorch" or "official"
+    (google-research/sam), see the module docstring.
     """
 
     def __init__(
@@ -96,8 +114,10 @@ class PyramidNet(nn.Module):
         num_classes: int,
         bottleneck: bool = True,
         shakedrop: bool = False,
+        style: str = "pytorch",
     ) -> None:
         super().__init__()
+        check_style(style)
         per_block = 9 if bottleneck else 6
         if (depth - 2) % per_block != 0:
             raise ValueError(f"PyramidNet depth must be {per_block}n+2, got {depth}")
@@ -113,13 +133,15 @@ class PyramidNet(nn.Module):
             width += add_rate
             stride = 2 if i in (n, 2 * n) else 1
             p_drop = 0.5 * (i + 1) / num_blocks if shakedrop else None
-            block = PyramidBlock(in_planes, round(width), stride, bottleneck, p_drop)
+            block = PyramidBlock(in_planes, round(width), stride, bottleneck, p_drop, style)
             blocks.append(block)
             in_planes = block.out_planes
         self.blocks = nn.Sequential(*blocks)
         self.bn_final = nn.BatchNorm2d(in_planes)
         self.fc = nn.Linear(in_planes, num_classes)
         he_init(self)
+        if style == "official":
+            official_dense_init(self.fc)
 
     def forward(self, x: Tensor) -> Tensor:
         o = self.blocks(self.bn1(self.conv1(x)))

@@ -1,34 +1,66 @@
 """WideResNet for CIFAR (Zagoruyko & Komodakis 2016, "Wide Residual Networks").
 
 Pre-activation basic blocks (BN-ReLU-conv3x3, BN-ReLU-dropout-conv3x3), three stages of
-widths 16k, 32k, 64k with ``(depth - 4) / 6`` blocks each. WRN-28-10 has 36,479,194
-parameters for 10 classes.
+widths 16k, 32k, 64k with ``(depth - 4) / 6`` blocks each, then BN-ReLU, global average pool
+and a linear layer.
+
+``style="pytorch"`` (default): a 1x1 conv shortcut, fed the pre-activated input, wherever the
+shape changes; symmetric padding; PyTorch's linear init. WRN-28-10 has 36,479,194 parameters
+for 10 classes.
+
+``style="official"``: google-research/sam's ``sam_jax/models/wide_resnet.py``. Shortcuts
+are parameter-free (average pool to the new stride, then zero channels appended); they
+take the raw block input, except in the network's first block, whose shortcut (and
+branch) start from the pre-activated input (``activate_before_residual``); strided convs
+use flax 'SAME' padding (0 before, 1 after on even sizes); the final layer is
+U(+-1/sqrt(num_classes)) with zero bias. The official model has no dropout (keep 0.0).
+WRN-28-10 has 36,220,634 parameters for 10 classes, 36,278,324 for 100.
 """
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sam.models.common import he_init
+from sam.models.common import PoolPadShortcut, check_style, conv3x3, he_init, official_dense_init
 
 
 class WideBasicBlock(nn.Module):
-    """Pre-activation basic block; a 1x1 conv shortcut when the shape changes."""
+    """Pre-activation basic block.
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int, dropout: float) -> None:
+    ``preact_shortcut``: the shortcut starts from BN-ReLU(x) rather than x. ``style`` picks
+    the shortcut for a shape change: a 1x1 conv ("pytorch") or pool + zero-pad ("official").
+    """
+
+    def __init__(
+        self,
+        in_planes: int,
+        out_planes: int,
+        stride: int,
+        dropout: float,
+        style: str = "pytorch",
+        preact_shortcut: bool | None = None,
+    ) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
+        self.conv1 = conv3x3(in_planes, out_planes, stride, style)
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
         self.dropout = dropout
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_planes != out_planes:
-            self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+            if style == "official":
+                self.shortcut = PoolPadShortcut(out_planes - in_planes, stride)
+            else:
+                self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+        # Default (the pytorch style): pre-activated exactly when the shape changes.
+        if preact_shortcut is None:
+            preact_shortcut = self.shortcut is not None
+        self.preact_shortcut = preact_shortcut
 
     def forward(self, x: Tensor) -> Tensor:
         o = F.relu(self.bn1(x))
-        # When the shape changes, the shortcut also starts from the pre-activated input.
-        shortcut = x if self.shortcut is None else self.shortcut(o)
+        shortcut = o if self.preact_shortcut else x
+        if self.shortcut is not None:
+            shortcut = self.shortcut(shortcut)
         o = self.conv1(o)
         o = F.relu(self.bn2(o))
         o = F.dropout(o, p=self.dropout, training=self.training)
@@ -37,12 +69,21 @@ class WideBasicBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-``depth``-``widen_factor`` for 32x32 inputs; ``dropout`` is applied inside blocks."""
+    """WRN-``depth``-``widen_factor`` for 32x32 inputs; ``dropout`` is applied inside blocks.
+
+    ``style``: "pytorch" or "official" (google-research/sam), see the module docstring.
+    """
 
     def __init__(
-        self, depth: int, widen_factor: int, num_classes: int, dropout: float = 0.0
+        self,
+        depth: int,
+        widen_factor: int,
+        num_classes: int,
+        dropout: float = 0.0,
+        style: str = "pytorch",
     ) -> None:
         super().__init__()
+        check_style(style)
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
@@ -54,16 +95,19 @@ class WideResNet(nn.Module):
         for stage, out_planes in enumerate(widths[1:]):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(WideBasicBlock(in_planes, out_planes, stride, dropout))
+                # Official: only the first block's shortcut is pre-activated, even as identity.
+                preact = (stage == 0 and i == 0) if style == "official" else None
+                blocks.append(WideBasicBlock(in_planes, out_planes, stride, dropout, style, preact))
                 in_planes = out_planes
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(in_planes)
         self.fc = nn.Linear(in_planes, num_classes)
         he_init(self)
+        if style == "official":
+            official_dense_init(self.fc)
 
     def forward(self, x: Tensor) -> Tensor:
         o = self.blocks(self.conv1(x))
         o = F.relu(self.bn(o))
         o = F.adaptive_avg_pool2d(o, 1).flatten(1)
         return self.fc(o)
-

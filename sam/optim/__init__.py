@@ -14,20 +14,24 @@ or the closure form ``opt.step(closure, model=model)``, or the explicit two-step
         loss_fn(model(x), y).backward()
     opt.second_step(zero_grad=True)                   # restore w, base step
 
-sam.py holds the optimizer (the paper's eqs. 2-3, weight decay modes, GradScaler),
+sam.py holds the optimizer (the paper's eqs. 2-3, GradScaler), descent.py the descent
+step it shares with plain runs (``Descent``: weight-decay mode, exact clipping),
 perturbation.py the ascent formulas (p=2, p=inf, ASAM), step.py ``sam_step`` (with
 passes.py, shards.py and vmap.py for m-sharpness, ddp.py for DistributedDataParallel),
 batchnorm.py and rng.py what the two passes of a step need.
 """
 
 from .batchnorm import fp32_batchnorm_inputs, frozen_bn_stats, ghost_batchnorm
+from .descent import Descent, clip_by_global_norm_
 from .rng import RngReplay
 from .sam import SAM
 from .step import sam_step
 
 __all__ = [
     "SAM",
+    "Descent",
     "RngReplay",
+    "clip_by_global_norm_",
     "fp32_batchnorm_inputs",
     "frozen_bn_stats",
     "ghost_batchnorm",

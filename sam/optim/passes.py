@@ -6,6 +6,7 @@ perturbed pass with the same random draws and frozen BatchNorm buffers, exact re
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -31,12 +32,18 @@ def _forward_backward(
     return loss.detach(), out.detach()
 
 
+AscentContext = Callable[[], AbstractContextManager] | None
+
+
 def _sam_shard(model, optimizer, loss_fn, x, y, amp_dtype, scaler,
-               ascent_sync: DistributedDataParallel | None = None) -> tuple[Tensor, Tensor]:
+               ascent_sync: DistributedDataParallel | None = None,
+               ascent_context: AscentContext = None) -> tuple[Tensor, Tensor]:
     """Clean pass, ascent, perturbed pass, restore: p.grad holds grad L(w + eps).
-    With ``ascent_sync`` (a DDP model) the clean gradient is first averaged over ranks."""
+    With ``ascent_sync`` (a DDP model) the clean gradient is first averaged over ranks;
+    the clean pass runs inside ``ascent_context()`` when given."""
     rng = RngReplay(x.device)
-    loss, out = _forward_backward(model, loss_fn, x, y, amp_dtype, scaler)
+    with ascent_context() if ascent_context is not None else nullcontext():
+        loss, out = _forward_backward(model, loss_fn, x, y, amp_dtype, scaler)
     if ascent_sync is not None:
         _average_across_ranks(ascent_sync, optimizer, with_bn=False)
     optimizer.first_step(zero_grad=True)

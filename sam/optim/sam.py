@@ -7,19 +7,10 @@ the full derivative; p=inf and ASAM change eps only, see perturbation.py):
     eq. 3   grad L^SAM(w) ~= grad L_S(w) |_(w + eps(w))   unperturb:   back to w exactly;
                                                           second_step: base step with it
 
-Weight decay (lambda) has two conventions, chosen by ``wd_mode``:
-
-* ``"base"`` (default): the base optimizer applies ``weight_decay`` at w, after the
-  restore; the ascent direction is the gradient of the data loss only. This is the
-  paper's objective (eq. 1: min_w L^SAM(w) + lambda ||w||^2, the sharpness term
-  involves L_S alone; torch's ``weight_decay=lambda`` adds lambda w, the gradient of
-  lambda/2 ||w||^2, the same convention as "loss") and what the common PyTorch
-  wrappers do.
-* ``"loss"``: the L2 term lambda/2 ||w||^2 behaves as if it were part of the loss,
-  as in the official JAX implementation: the ascent gradient is g + lambda w and the
-  descent gradient is grad L(w + eps) + lambda (w + eps); the base optimizer then
-  runs with weight_decay = 0. A parameter group's own ``weight_decay`` is its lambda
-  (e.g. 0 for a "no decay on BatchNorm" group), kept as the group's ``l2``.
+Weight decay (``wd_mode``) and clipping (``max_grad_norm``) are the descent conventions
+SAM shares with a plain step (descent.py). With ``wd_mode="loss"`` the L2 term
+lambda/2 ||w||^2 is part of the loss of both passes, as in the official JAX code: the
+ascent gradient is g + lambda w and the descent gradient grad L(w + eps) + lambda (w + eps).
 
 fp16 with ``torch.amp.GradScaler``: eps = rho g / ||g|| is invariant to the loss
 scale, so ``first_step`` may run on scaled gradients. Unscale (and clip) only the
@@ -39,12 +30,13 @@ import torch
 from torch import Tensor, nn
 
 from .batchnorm import frozen_bn_stats
+from .descent import Descent
 from .perturbation import _asam_stretch_, _ascent_grads, _ascent_norm, _eps, _with_grad
 from .rng import RngReplay
 
 
-class SAM(torch.optim.Optimizer):
-    """SAM wrapper around a base optimizer class.
+class SAM(Descent):
+    """SAM wrapper around a base optimizer class (its descent conventions: descent.py).
 
     Ascent: eps = rho g / ||g||_2 (p=2, norm over ALL parameters of all groups) or
     eps = rho sign(g) (p=inf); ASAM (adaptive=True) scales by T_w = |w| + eta.
@@ -68,29 +60,11 @@ class SAM(torch.optim.Optimizer):
             raise ValueError(f"rho must be >= 0, got {rho}")
         if p not in (2, float("inf")):
             raise ValueError(f"p must be 2 or inf, got {p}")
-        if wd_mode not in ("base", "loss"):
-            raise ValueError(f"wd_mode must be 'base' or 'loss', got {wd_mode!r}")
-        if max_grad_norm is not None and max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
-        l2 = 0.0
-        if wd_mode == "loss":
-            l2 = float(base_kwargs.pop("weight_decay", 0.0))
-        self.wd_mode = wd_mode
-        defaults = dict(rho=rho, p=float(p), adaptive=adaptive, eta=eta, l2=l2, **base_kwargs)
-        super().__init__(params, defaults)
-        self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
-        self.param_groups = self.base_optimizer.param_groups  # shared: schedulers see one LR
-        self.defaults.update(self.base_optimizer.defaults)
-        self.max_grad_norm = max_grad_norm
+        super().__init__(params, base_optimizer, wd_mode, max_grad_norm,
+                         extra_defaults=dict(rho=rho, p=float(p), adaptive=adaptive, eta=eta),
+                         **base_kwargs)
         self.perturbed = False
         self._moved: list[Tensor] = []  # what first_step perturbed: exactly what is restored
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; in wd_mode="loss" its ``weight_decay`` becomes its L2 lambda."""
-        if self.wd_mode == "loss" and "weight_decay" in param_group:
-            param_group = dict(param_group)
-            param_group["l2"] = float(param_group.pop("weight_decay"))
-        super().add_param_group(param_group)
 
     @staticmethod
     def _scales(group: dict, params: list[Tensor]) -> list[Tensor]:
@@ -147,19 +121,9 @@ class SAM(torch.optim.Optimizer):
         """
         if not self.perturbed:
             return
-        for group in self.param_groups:
-            params = _with_grad(group)
-            if params and group["l2"]:
-                torch._foreach_add_([p.grad for p in params], params, alpha=group["l2"])
+        self.add_l2_grad_()  # at w + eps: the parameters are not restored yet
         self._restore_moved()
         self.perturbed = False
-
-    @torch.no_grad()
-    def clip_grad_norm_(self) -> None:
-        """Scale the descent gradient so its global L2 norm is <= max_grad_norm (if set)."""
-        if self.max_grad_norm is not None:
-            params = [p for g in self.param_groups for p in _with_grad(g)]
-            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
@@ -194,12 +158,3 @@ class SAM(torch.optim.Optimizer):
                     closure()
         self.second_step()
         return loss
-
-    def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state (momentum buffers, groups incl. rho and lr)."""
-        return self.base_optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a ``state_dict()`` and keep the groups shared with the base optimizer."""
-        self.base_optimizer.load_state_dict(state_dict)
-        self.param_groups = self.base_optimizer.param_groups

@@ -13,13 +13,15 @@ import torch
 from torch import Tensor
 
 from .batchnorm import _batch_norms
-from .passes import _sam_shard
+from .passes import AscentContext, _sam_shard
 
 
-def _sam_shards(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler) -> tuple[Tensor, Tensor]:
+def _sam_shards(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler,
+                ascent_context: AscentContext = None) -> tuple[Tensor, Tensor]:
     """m-sharpness: per-shard SAM gradients averaged; BN stats averaged over shards."""
     return _shards(model, optimizer, x, y, m, lambda xs, ys: _sam_shard(
-        model, optimizer, loss_fn, xs, ys, amp_dtype, scaler), keep_unused_none=False)
+        model, optimizer, loss_fn, xs, ys, amp_dtype, scaler, ascent_context=ascent_context),
+        keep_unused_none=False)
 
 
 def _shards(model, optimizer, x, y, m, shard_step,

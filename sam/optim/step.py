@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .batchnorm import ghost_batchnorm
 from .ddp import _average_across_ranks, _in_process_group
-from .passes import _forward_backward, _sam_shard
+from .passes import AscentContext, _forward_backward, _sam_shard
 from .sam import SAM
 from .shards import _sam_shards, _shards
 from .vmap import _sam_shards_vmap_or_loop, _vmap_wanted
@@ -39,6 +39,7 @@ def sam_step(
     return_outputs: bool = False,
     sync_ascent: bool = False,
     shard_impl: str = "auto",
+    ascent_context: AscentContext = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """One training step on a batch; returns the clean-pass loss (a 0-d tensor, no sync).
 
@@ -77,6 +78,10 @@ def sam_step(
     BatchNorm, each rank still normalises with its own batch statistics). A plain base
     optimizer gets the same treatment: gradients and BN statistics averaged once.
     ``sync_ascent`` has no effect outside DDP.
+
+    ``ascent_context``: a callable returning a context manager that SAM's clean (ascent)
+    pass runs inside, e.g. the official code's ``true_gradient`` for Shake-Shake
+    (``sam.models.true_gradient``); the perturbed pass and plain steps run without it.
     """
     optimizer.zero_grad(set_to_none=True)
     batch = inputs.shape[0]
@@ -112,13 +117,14 @@ def sam_step(
                                  f"of {batch}")
             if shards == 1:
                 loss, out = _sam_shard(model, sam, loss_fn, inputs, targets, amp_dtype,
-                                       scaler, ascent_sync)
+                                       scaler, ascent_sync, ascent_context)
             elif _vmap_wanted(shard_impl, sam, inputs.device, shards, scaler):
                 loss, out = _sam_shards_vmap_or_loop(model, sam, loss_fn, inputs, targets, m,
-                                                     amp_dtype, scaler, shard_impl)
+                                                     amp_dtype, scaler, shard_impl,
+                                                     ascent_context)
             else:
                 loss, out = _sam_shards(model, sam, loss_fn, inputs, targets, m, amp_dtype,
-                                        scaler)
+                                        scaler, ascent_context)
         if ddp is not None:
             _average_across_ranks(ddp, optimizer, with_bn=True)
     _base_step(optimizer, scaler, sam)
@@ -130,7 +136,8 @@ def _base_step(
     scaler: torch.amp.GradScaler | None,
     sam: SAM | None,
 ) -> None:
-    """Unscale (fp16), clip (SAM's max_grad_norm) and apply the descent gradient."""
+    """Unscale (fp16), clip (max_grad_norm) and apply the descent gradient; a plain
+    ``Descent`` optimizer adds its L2 gradient and clips inside its own ``step``."""
     base = sam.base_optimizer if sam is not None else optimizer
     if scaler is not None:
         scaler.unscale_(base)

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from .batchnorm import _batch_norms, fp32_batchnorm_inputs, frozen_bn_stats
+from .passes import AscentContext
 from .perturbation import _shard_perturbed
 from .rng import RngReplay
 from .sam import SAM
@@ -35,7 +36,8 @@ def _vmap_wanted(impl: str, optimizer: SAM, device: torch.device, shards: int,
 
 
 def _sam_shards_vmap_or_loop(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler,
-                             impl: str) -> tuple[Tensor, Tensor]:
+                             impl: str, ascent_context: AscentContext = None
+                             ) -> tuple[Tensor, Tensor]:
     """vmap; in "auto" mode a layer that vmap cannot batch falls back to the loop (the
     vmap path changes no state before it succeeds; the RNG is replayed)."""
     if scaler is not None:
@@ -44,7 +46,7 @@ def _sam_shards_vmap_or_loop(model, optimizer, loss_fn, x, y, m, amp_dtype, scal
     net = getattr(net, "_orig_mod", net)  # torch.compile'd: vmap the eager module
     rng = RngReplay(x.device)
     try:
-        return _sam_shards_vmap(net, optimizer, loss_fn, x, y, m, amp_dtype)
+        return _sam_shards_vmap(net, optimizer, loss_fn, x, y, m, amp_dtype, ascent_context)
     except RuntimeError as err:
         if impl == "vmap":
             raise
@@ -52,10 +54,12 @@ def _sam_shards_vmap_or_loop(model, optimizer, loss_fn, x, y, m, amp_dtype, scal
                       stacklevel=3)
         optimizer.vmap_failed = True
         rng.replay()
-        return _sam_shards(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler)
+        return _sam_shards(model, optimizer, loss_fn, x, y, m, amp_dtype, scaler,
+                           ascent_context)
 
 
-def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype) -> tuple[Tensor, Tensor]:
+def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype,
+                     ascent_context: AscentContext = None) -> tuple[Tensor, Tensor]:
     """m-sharpness with all k shards at once (torch.func.vmap over the shard axis): the
     same math as the loop, per-shard g_i, eps_i and grad L_i(w + eps_i), in two batched
     passes instead of 2k small ones. Each shard updates its own copy of the BatchNorm
@@ -86,7 +90,8 @@ def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype) -> tuple[Ten
     with fp32_batchnorm_inputs(model) if amp_dtype is not None else nullcontext():
         clean = vmap(grad(shard_loss, has_aux=True), in_dims=(None, buffer_dims, 0, 0),
                      randomness="different")
-        g, (losses, outs) = clean(params, shard_buffers, xs, ys)
+        with ascent_context() if ascent_context is not None else nullcontext():
+            g, (losses, outs) = clean(params, shard_buffers, xs, ys)
         perturbed = _shard_perturbed(groups, params, g, k)
         rng.replay()
         with frozen_bn_stats(model):

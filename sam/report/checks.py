@@ -70,17 +70,22 @@ def _config_mix(runs: list[dict], limit: int = 5) -> list[tuple[str, str]]:
             for k in keys[:limit]]
 
 
+def _setting_of(run: dict[str, Any], name: str) -> str:
+    return run_precision(run) if name == "precision" else str(run["summary"].get(name))
+
+
 def _row_warnings(cells: dict[tuple[Any, ...], list[dict]]) -> list[str]:
-    """Groups whose cells are each uniform in a UNIFORM_KEYS setting but differ from one
-    another (e.g. SGD at lr 0.1 beside SAM at lr 0.05): SAM - SGD would compare them."""
+    """Groups whose cells are each uniform in a UNIFORM_KEYS setting or the precision but
+    differ from one another (e.g. SGD at lr 0.1 beside SAM at lr 0.05): SAM - SGD would
+    compare them."""
     notes: list[str] = []
     by_group: dict[GroupKey, dict[tuple[Any, ...], list[dict]]] = defaultdict(dict)
     for cell, runs in sorted(cells.items(), key=lambda kv: (
             group_order(kv[0][0]), OPTIMS.index(kv[0][1]), cell_order(kv[0][2]))):
         by_group[cell[0]][cell] = runs
     for key, mine in by_group.items():
-        for name in UNIFORM_KEYS:
-            per_cell = {cell: {str(r["summary"].get(name)) for r in runs}
+        for name in (*UNIFORM_KEYS, "precision"):
+            per_cell = {cell: {_setting_of(r, name) for r in runs}
                         for cell, runs in mine.items()}
             if all(len(v) == 1 for v in per_cell.values()) and \
                     len(set().union(*per_cell.values())) > 1:

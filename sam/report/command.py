@@ -33,11 +33,14 @@ def render_report(complete: list[dict], others: list[dict], dirs: Sequence[Path]
         "",
         "Final-epoch error (%) on the eval_split (test: the official test set; val: the "
         "held-out tail of the training set): mean ± half-width of the 95% Student-t interval "
-        "over seeds (n = number of seeds; no interval for n=1). m = B: m-sharpness over the "
-        "whole batch. Paper: Foret et al., ICLR 2021, Table 1 test errors (mean ± 95% "
+        "over seeds (n = number of seeds; no interval for n=1). fidelity: official = trained "
+        "as google-research/sam, pytorch = as davda54/sam (runs recorded before fidelity "
+        "was: pytorch). precision: what the row's runs trained in. m = B: m-sharpness over "
+        "the whole batch. Paper: Foret et al., ICLR 2021, Table 1 test errors from the "
+        "official code, so fidelity=official is the like-for-like comparison (mean ± 95% "
         "interval over 5 runs; 8 GPUs x 32, i.e. m=32; its SGD is the better of E and 2E "
         "epochs), shown where dataset, model, augmentation and epochs match on the test "
-        "split. SAM - SGD: difference of the means.",
+        "split, for either fidelity. SAM - SGD: difference of the means.",
         "",
     ]
     lines += table_lines(rows) if rows else ["No complete runs."]

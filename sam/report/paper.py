@@ -3,12 +3,14 @@
 Foret et al., "Sharpness-Aware Minimization for Efficiently Improving Generalization",
 ICLR 2021 (arXiv 2010.01412v3), Table 1: test error (%), mean ± 95% interval over 5 runs.
 Keys are ``(dataset, model, augment, epochs)`` as in results.json ``summary``; a cell is
-shown only for errors on the official test set (eval_split "test").
+shown only for errors on the official test set (eval_split "test"), beside runs of either
+fidelity. The numbers come from the official code (google-research/sam): fidelity
+"official" is the like-for-like comparison, "pytorch" (davda54/sam) the common port's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from sam.report.runs import GroupKey, group_fields
 
 # Laid out as in the paper: CIFAR-10 SAM, SGD, then CIFAR-100 SAM, SGD. The paper's SGD
 # is the better of E and 2E epochs (its section 3.1). It labels only the WRN-28-10 rows with
@@ -44,6 +46,7 @@ def _parse_table1(text: str) -> dict[tuple[str, str, str, int], tuple[str, str]]
 
 
 # Key: (dataset, model, augment, epochs) as in results.json ``summary``.
+PAPER_KEYS = ("dataset", "model", "augment", "epochs")
 PAPER_TABLE1_CELLS = _parse_table1(_PAPER_TABLE1_TEXT)  # "3.5±0.1" as printed
 
 
@@ -57,8 +60,10 @@ PAPER_TABLE1: dict[tuple[str, str, str, int], tuple[float, float]] = {
 }  # (SGD mean, SAM mean)
 
 
-def paper_cells(key: tuple[Any, ...]) -> tuple[str, str] | None:
-    """The paper's Table 1 (SGD, SAM) cells of a group (dataset, model, augment, epochs,
-    eval_split): only for test-set errors."""
-    *table_key, eval_split = key
-    return PAPER_TABLE1_CELLS.get(tuple(table_key)) if eval_split == "test" else None
+def paper_cells(key: GroupKey) -> tuple[str, str] | None:
+    """The paper's Table 1 (SGD, SAM) cells of a group (the values of GROUP_KEYS): only
+    for test-set errors, whatever the fidelity (the paper's are the official code's)."""
+    group = group_fields(key)
+    if group["eval_split"] != "test":
+        return None
+    return PAPER_TABLE1_CELLS.get(tuple(group[k] for k in PAPER_KEYS))

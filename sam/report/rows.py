@@ -1,10 +1,12 @@
 """Grouping complete runs into table cells and rows.
 
-A group is ``(dataset, model, augment, epochs, eval_split)``; within it a cell is
+A group is the values of GROUP_KEYS, ``(dataset, model, augment, epochs, eval_split,
+fidelity)``: runs of another split or fidelity never share a row. Within it a cell is
 ``(optim, setting)``: SAM cells by ``(rho, m)``, SGD cells by ``(None, m)`` where m is the
 BatchNorm shard size (it changes how SGD trains too). A table row is one SAM setting beside
 the SGD cell of the same m (when all SGD runs share one other m, those: e.g. plain SGD beside
-an m-sharpness sweep), plus a row for SGD runs of an m no SAM row uses.
+an m-sharpness sweep), plus a row for SGD runs of an m no SAM row uses. A row also
+carries the precisions its runs trained in (``run_precision``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from sam.report.paper import paper_cells
-from sam.report.runs import GroupKey, Setting, final_errors, group_key, sam_setting, shard_m
+from sam.report.runs import (
+    GroupKey,
+    Setting,
+    final_errors,
+    group_key,
+    run_precision,
+    sam_setting,
+    shard_m,
+)
 from sam.report.stats import Stats, t_interval
 
 
@@ -31,6 +41,7 @@ class Row:
     paper: tuple[str, str] | None  # the paper's (SGD, SAM) cells, as printed
     batch_sizes: tuple[Any, ...]
     sgd_m: int | None = None  # the BatchNorm shards of the SGD runs (None: the batch)
+    precisions: tuple[str, ...] = ()  # the distinct precisions of its SGD and SAM runs
 
     @property
     def diff(self) -> float | None:
@@ -79,6 +90,11 @@ def batch_sizes_of(runs: Iterable[dict[str, Any]]) -> tuple[Any, ...]:
     return tuple(sorted({r["summary"].get("batch_size") for r in runs}, key=str))
 
 
+def precisions_of(runs: Iterable[dict[str, Any]]) -> tuple[str, ...]:
+    """The distinct precisions ``runs`` trained in (``run_precision``), sorted."""
+    return tuple(sorted({run_precision(r) for r in runs}))
+
+
 def sgd_runs_by_m(runs: list[dict]) -> dict[int | None, list[dict]]:
     """SGD runs by their BatchNorm shard size m (m changes how SGD trains too)."""
     by_m: dict[int | None, list[dict]] = defaultdict(list)
@@ -116,9 +132,10 @@ def build_rows(complete: list[dict]) -> list[Row]:
             sgd = t_interval(final_errors(sgd_runs)) if sgd_runs else None
             if sgd_runs:
                 shown.add(m)
-            rows.append(Row(key, setting, sgd, sam, paper, batch_sizes_of(sam_runs), m))
+            rows.append(Row(key, setting, sgd, sam, paper, batch_sizes_of(sam_runs), m,
+                            precisions_of(sam_runs + sgd_runs)))
         for m, sgd_runs in sgd_by_m.items():  # SGD runs no SAM row sits beside
             if m not in shown:
                 rows.append(Row(key, None, t_interval(final_errors(sgd_runs)), None, paper,
-                                batch_sizes_of(sgd_runs), m))
+                                batch_sizes_of(sgd_runs), m, precisions_of(sgd_runs)))
     return rows

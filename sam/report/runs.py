@@ -17,9 +17,11 @@ from typing import Any
 from sam.results import RESULTS_FILE, comparable_config, read_json
 
 # eval_split: "test" (the official test set) or "val" (the held-out tail of the training
-# set); results.json files from before it was recorded evaluated on the test set.
-GROUP_KEYS = ("dataset", "model", "augment", "epochs", "eval_split")
-GROUP_DEFAULTS = {"eval_split": "test"}
+# set); fidelity: "official" (trained as google-research/sam) or "pytorch" (as davda54/sam).
+# results.json files from before either was recorded evaluated on the test set and
+# trained as "pytorch". Read a key's fields by name (``group_fields``), never by position.
+GROUP_KEYS = ("dataset", "model", "augment", "epochs", "eval_split", "fidelity")
+GROUP_DEFAULTS = {"eval_split": "test", "fidelity": "pytorch"}
 OPTIMS = ("sgd", "sam")
 
 GroupKey = tuple[Any, ...]  # values of GROUP_KEYS
@@ -47,7 +49,8 @@ def final_errors(runs: Iterable[dict[str, Any]]) -> list[float]:
     return [e for e in map(_final_test_error, runs) if e is not None]
 
 
-def _group_value(summary: dict[str, Any], key: str) -> Any:
+def group_value(summary: dict[str, Any], key: str) -> Any:
+    """``summary[key]``, or the value a run recorded before the key existed trained with."""
     return summary.get(key, GROUP_DEFAULTS.get(key))
 
 
@@ -56,7 +59,7 @@ def _problem(run: dict[str, Any]) -> str | None:
     summary = run.get("summary")
     if not isinstance(summary, dict):
         return "no summary"
-    missing = [k for k in (*GROUP_KEYS, "optim") if _group_value(summary, k) is None]
+    missing = [k for k in (*GROUP_KEYS, "optim") if group_value(summary, k) is None]
     if missing:
         return f"summary lacks {', '.join(missing)}"
     if summary["optim"] not in OPTIMS:
@@ -113,7 +116,8 @@ def collect(dirs: list[Path]) -> tuple[list[dict], list[dict]]:
     unique = []
     for run in complete:  # a run trained twice is one measurement, not two seeds
         world = (run.get("distributed") or {}).get("world_size", 1)  # not in the config
-        identity = json.dumps([training_config(run) or run["summary"], shard_m(run), world],
+        summary = {**run["summary"], **group_fields(group_key(run))}  # defaults filled in
+        identity = json.dumps([training_config(run) or summary, shard_m(run), world],
                               sort_keys=True, default=str)
         if identity in first:
             others.append({**run, "status": "duplicate",
@@ -139,8 +143,21 @@ def training_config(run: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def group_key(run: dict[str, Any]) -> GroupKey:
-    """(dataset, model, augment, epochs, eval_split) of a run."""
-    return tuple(_group_value(run["summary"], k) for k in GROUP_KEYS)
+    """The values of GROUP_KEYS of a run (defaults filled in for older results.json)."""
+    return tuple(group_value(run["summary"], k) for k in GROUP_KEYS)
+
+
+def group_fields(key: GroupKey) -> dict[str, Any]:
+    """A group key by name: {"dataset": ..., "epochs": ..., "fidelity": ...}."""
+    return dict(zip(GROUP_KEYS, key, strict=True))
+
+
+def with_fields(key: GroupKey, **changes: Any) -> GroupKey:
+    """``key`` with some fields replaced by name (e.g. ``epochs=400``)."""
+    unknown = set(changes) - set(GROUP_KEYS)
+    if unknown:
+        raise KeyError(f"not group keys: {sorted(unknown)}")
+    return tuple({**group_fields(key), **changes}[k] for k in GROUP_KEYS)
 
 
 def shard_m(run: dict[str, Any]) -> int | None:

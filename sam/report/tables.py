@@ -1,9 +1,12 @@
 """The report's text: the Markdown tables (test errors, SGD at twice the epochs, runs not
 tabulated) and report.csv.
 
-A cell reads ``x_bar ± h (n=k)`` (mean and 95% t half-width over k seeds, see
-:mod:`sam.report.stats`), or ``x_bar (n=1)`` for a single seed. ``m`` reads ``B`` (or
-``B=128`` when the batch size is known) for m-sharpness over the whole batch.
+Columns: the group (GROUP_KEYS, fidelity included), rho, m, the precision(s) the row's
+runs trained in ("bf16, fp32" when they differ), then the cells. A cell reads
+``x_bar ± h (n=k)`` (mean and 95% t half-width over k seeds, see :mod:`sam.report.stats`),
+or ``x_bar (n=1)`` for a single seed. ``m`` reads ``B`` (or ``B=128`` when the batch size
+is known) for m-sharpness over the whole batch. Group keys are read by name
+(``group_fields``), so another key needs no change here.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from typing import Any
 
 from sam.report.paper import paper_mean
 from sam.report.rows import Row
-from sam.report.runs import GROUP_KEYS
+from sam.report.runs import GROUP_KEYS, group_fields, group_value, with_fields
 from sam.report.stats import Stats
 
 TABLE_HEADER = [
     *GROUP_KEYS,
     "rho",
     "m",
+    "precision",
     "SGD",
     "paper SGD",
     "SAM",
@@ -35,6 +39,7 @@ CSV_FIELDS = [
     "m",
     "batch_size",
     "sgd_m",
+    "precision",
     "sgd_n",
     "sgd_mean",
     "sgd_std",
@@ -79,6 +84,11 @@ def md_escape(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def precision_text(row: Row) -> str:
+    """The precisions of a row's runs: "fp32", or "bf16, fp32" when they differ."""
+    return ", ".join(row.precisions)
+
+
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
@@ -104,6 +114,7 @@ def table_lines(rows: list[Row]) -> list[str]:
                 *row.group,
                 rho,
                 m,
+                precision_text(row),
                 sgd,
                 _paper_text(row.paper, 0),
                 format_cell(row.sam),
@@ -120,19 +131,19 @@ def sgd_budget_lines(rows: list[Row]) -> list[str]:
     sgd_at = {(row.group, row.sgd_m): row.sgd for row in rows if row.sgd is not None}
     lines = []
     for row in rows:
-        dataset, model, augment, epochs, eval_split = row.group
-        longer = sgd_at.get(((dataset, model, augment, 2 * epochs, eval_split), row.sgd_m))
+        epochs = group_fields(row.group)["epochs"]
+        longer = sgd_at.get((with_fields(row.group, epochs=2 * epochs), row.sgd_m))
         if row.sgd is None or longer is None:
             continue
         best = min(row.sgd.mean, longer.mean)
         sam_minus = f"{row.sam.mean - best:+.2f}" if row.sam is not None else "-"
         rho, m = ("-", "-") if row.setting is None else \
             (str(row.setting[0]), m_text(row.setting[1], row.batch_sizes))
-        lines.append([dataset, model, augment, epochs, eval_split, format_cell(row.sgd),
-                      format_cell(longer), f"{best:.2f}", rho, m, sam_minus])
+        lines.append([*row.group, format_cell(row.sgd), format_cell(longer), f"{best:.2f}",
+                      rho, m, sam_minus])
     if not lines:
         return []
-    header = ["dataset", "model", "augment", "epochs E", "eval_split", "SGD E", "SGD 2E",
+    header = [*("epochs E" if k == "epochs" else k for k in GROUP_KEYS), "SGD E", "SGD 2E",
               "best SGD", "SAM rho", "SAM m", "SAM(E) - best SGD"]
     return ["", "## SGD at twice the epochs", ""] + _md_table(header, lines)
 
@@ -141,7 +152,8 @@ def _setting_text(run: dict[str, Any]) -> str:
     summary = run.get("summary")
     if not isinstance(summary, dict):
         return ""
-    text = "/".join(str(summary.get(k)) for k in GROUP_KEYS) + f" {summary.get('optim')}"
+    text = "/".join(str(group_value(summary, k)) for k in GROUP_KEYS)
+    text += f" {summary.get('optim')}"
     if summary.get("optim") == "sam":
         text += f" rho={summary.get('rho')} m={m_text(summary.get('m'))}"
     return text + f" seed={summary.get('seed')}"
@@ -175,7 +187,8 @@ def csv_text(rows: list[Row]) -> str:
     """report.csv: one line per table row, numbers at full precision, empty when undefined.
 
     ``m`` is numeric (the batch size for m-sharpness over the whole batch); ``batch_size``
-    lists the batch sizes of the SAM runs of the row (of the SGD runs without SAM)."""
+    lists the batch sizes of the SAM runs of the row (of the SGD runs without SAM);
+    ``precision`` the precisions of all its runs, as in the Markdown table."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
@@ -185,6 +198,7 @@ def csv_text(rows: list[Row]) -> str:
         cells.append(_csv_m(m, row.batch_sizes))
         cells.append(" ".join(str(b) for b in row.batch_sizes))
         cells.append("" if row.sgd is None else _csv_m(row.sgd_m, row.batch_sizes))
+        cells.append(precision_text(row))
         for index, stats in enumerate((row.sgd, row.sam)):
             if stats is None:
                 cells += ["", "", "", ""]

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sam import distributed
-from sam.data import load_splits, make_loader
+from sam.data import augment_options, load_splits, make_loader
 from sam.errors import UserError
 from sam.runtime import amp_settings, seed_everything
 
@@ -80,8 +80,7 @@ def build_data(cfg: DictConfig, device: torch.device) -> Data:
     common = dict(device=device, mean=splits.mean, std=splits.std, seed=cfg.seed)
     train = make_loader(splits.train_x, splits.train_y, batch_size=cfg.batch_size,
                         augment=cfg.augment.name, shuffle=True, drop_last=True,
-                        num_workers=cfg.augment.get("num_workers", 0),
-                        pad_mode=cfg.augment.get("pad_mode", "reflect"), **common)
+                        **augment_options(cfg.augment), **common)
     evaluation = make_loader(eval_x, eval_y, batch_size=cfg.eval_batch_size, augment="none",
                              shuffle=False, drop_last=False, num_workers=0, **common)
     return Data(train, evaluation, splits.num_classes, splits.name,

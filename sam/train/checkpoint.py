@@ -146,9 +146,11 @@ def write_invocation(run_dir: Path, files: dict[str, Any], fresh: bool) -> None:
 def _refuse_other_config(stored: dict, config: dict, run_dir: Path) -> None:
     """UserError when a run directory holds a run of another config."""
     if comparable_config(stored) != comparable_config(config):
+        hint = ("; it predates the fidelity group and trained as fidelity=pytorch: add "
+                "fidelity=pytorch to resume it" if "fidelity" not in stored else "")
         raise UserError(f"{run_dir} holds a run with a different config "
                         f"({config_diff(stored, config)}): use a new run directory "
-                        "(hydra.run.dir=...) or the original overrides")
+                        f"(hydra.run.dir=...) or the original overrides{hint}")
 
 
 def _refuse_changed_semantics(state: dict, cfg: DictConfig, run_dir: Path) -> None:

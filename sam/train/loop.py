@@ -8,13 +8,16 @@ cross-entropy and error over the evaluation set. Both sum across ranks under DDP
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from sam import distributed
-from sam.optim import sam_step
+from sam.models import true_gradient
+from sam.optim import SAM, sam_step
 
 
 class Diverged(Exception):
@@ -90,12 +93,18 @@ def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, dev
     meter = EpochMeter(device, cfg.nan_check_every)
     channels_last = bool(cfg.channels_last)
     local_m, sync_ascent = distributed.local_m(cfg), cfg.get("ddp_sync_ascent", False)
+    ascent_context = None
+    if (cfg.get("fidelity") or {}).get("true_gradient", False) and isinstance(optimizer, SAM):
+        # the official ascent pass: Shake-Shake/ShakeDrop backpropagate through the forward
+        # gate. A compile/DDP wrapper's modules() are the wrapped model's own modules
+        ascent_context = partial(true_gradient, model)
     for x, y in tqdm(loader, disable=not progress, leave=False, unit="batch"):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         loss, out = sam_step(model, optimizer, F.cross_entropy, x, y, m=local_m,
                              amp_dtype=amp_dtype, scaler=scaler, return_outputs=True,
-                             sync_ascent=sync_ascent, shard_impl=cfg.m_impl)
+                             sync_ascent=sync_ascent, shard_impl=cfg.m_impl,
+                             ascent_context=ascent_context)
         scheduler.step()
         meter.update(loss, out, y)
     return meter.result()

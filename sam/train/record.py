@@ -105,7 +105,8 @@ def _summary(cfg: DictConfig, choices: dict[str, str], data_name: str, eval_spli
             "epochs": cfg.epochs, "seed": cfg.seed, "batch_size": cfg.batch_size,
             # what the optimizer got (the long forms optim.lr / optim.weight_decay too)
             "lr": cfg.optim.get("lr", cfg.lr), "lam": cfg.optim.get("weight_decay", cfg.lam),
-            "eval_split": eval_split}
+            "eval_split": eval_split,
+            "fidelity": cfg.fidelity.name if "fidelity" in cfg else "pytorch"}
 
 
 def _flat_hparams(summary: dict) -> dict:

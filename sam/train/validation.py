@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sam import distributed
-from sam.data import check_pad_mode
+from sam.data import augment_options
 from sam.errors import UserError
 from sam.runtime import resolve_device
 from sam.sharpness import check_training_config
@@ -49,8 +49,8 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.m_impl in ("auto", "loop", "vmap"), f"m_impl={cfg.m_impl}: use auto, loop or vmap")
     if cfg.optim.name == "sam" and cfg.amp == "fp16":  # sam_step would refuse at step 1
         need(cfg.optim.get("wd_mode", "base") == "base",
-             "amp=fp16 with optim.wd_mode=loss: the GradScaler path supports only "
-             "wd_mode=base; use amp=bf16 or optim.wd_mode=base")
+             "amp=fp16 with optim.wd_mode=loss (fidelity=official): SAM's GradScaler path "
+             "supports only wd_mode=base; use amp=bf16, or fidelity=pytorch")
         need(cfg.m_impl != "vmap", "amp=fp16 with m_impl=vmap: the batched shards do not "
              "support a GradScaler; use m_impl=loop (or auto) or amp=bf16")
     device = resolve_device(cfg.device)
@@ -59,6 +59,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.optim.name == "sam":
         need(cfg.optim.rho >= 0, f"rho={cfg.optim.rho}: must be >= 0 (0.05 is the paper's)")
         need(cfg.optim.p in (2, math.inf), f"optim.p={cfg.optim.p}: must be 2 or .inf")
+    if "wd_mode" in cfg.optim:
         need(cfg.optim.wd_mode in ("base", "loss"),
              f"optim.wd_mode={cfg.optim.wd_mode}: must be base or loss")
     if cfg.m is not None:
@@ -82,10 +83,10 @@ def _validate_groups(cfg: DictConfig, need: Callable[[bool, str], None]) -> None
     o, s, d = cfg.optim, cfg.schedule, cfg.dataset
     need(_is_number(o.get("momentum", 0)) and o.get("momentum", 0) >= 0,
          f"optim.momentum={o.get('momentum')}: must be a number >= 0 (0.9 is the paper's)")
+    clip = o.get("max_grad_norm")
+    need(clip is None or (_is_number(clip) and clip > 0),
+         f"optim.max_grad_norm={clip}: must be a number > 0, or null (no clipping)")
     if o.name == "sam":
-        clip = o.get("max_grad_norm")
-        need(clip is None or (_is_number(clip) and clip > 0),
-             f"optim.max_grad_norm={clip}: must be a number > 0, or null (no clipping)")
         eta = o.get("eta", 0.01)
         need(_is_number(eta) and eta >= 0, f"optim.eta={eta}: must be a number >= 0")
     if "warmup_epochs" in s:
@@ -106,7 +107,4 @@ def _validate_groups(cfg: DictConfig, need: Callable[[bool, str], None]) -> None
                  f"dataset.{key}={d[key]!r}: must be a positive integer")
     need(_is_int(cfg.nan_check_every) and cfg.nan_check_every >= 1,
          f"nan_check_every={cfg.nan_check_every!r}: must be an integer >= 1")
-    check_pad_mode(cfg.augment.get("pad_mode", "reflect"))
-    workers = cfg.augment.get("num_workers", 0)
-    need(_is_int(workers) and workers >= 0,
-         f"augment.num_workers={workers!r}: must be an integer >= 0")
+    augment_options(cfg.augment)  # pad_mode, num_workers, cutout_per_image, policy
