@@ -3,11 +3,14 @@
 results.json of one run (errors are percentages, 0-100):
 
     schema_version  1
-    status          "running" | "complete" | "failed" | "diverged"
+    status          "running" | "complete" | "failed" | "diverged" | "preempted" (stopped
+                    by a signal after a checkpoint: rerunning resumes it)
     error           null or the one-line reason of a failure
     diverged_at     {epoch, step} where the loss became NaN/inf (status "diverged" only)
     summary         {dataset, model, augment, optim, rho, m, epochs, seed, batch_size,
-                     lr, lam, eval_split}: the keys a report groups runs by
+                     lr, lam, eval_split, fidelity, label_noise, variant}: the keys a
+                     report groups runs by (variant: the SAM variant's name, e.g. "sam",
+                     "gsam", "sam ascent_steps=2"; null for SGD; absent before: "sam")
     overrides       the Hydra task overrides of the run
     config          the fully resolved config
     history         one dict per finished epoch: epoch, train_loss, train_error,
@@ -17,6 +20,14 @@ results.json of one run (errors are percentages, 0-100):
                     sharpness.every > 0 also sharpness_lambda_max, sharpness_lambda_ratio,
                     sharpness_trace, sharpness_trace_stderr, sharpness_m_sharpness,
                     sharpness_time_s on the measured epochs (sam/sharpness/measurement.py)
+    label_noise     null, or the noisy training labels' record: {fraction, mode, seed,
+                    chosen, changed, hash} (sam/data/label_noise.py; summary.label_noise
+                    holds the fraction, 0.0 for clean labels)
+    data_source     where the images came from (the torchvision folder and md5 check, or
+                    the synthetic generator; subset, validation split, noisy labels)
+    synthetic_fallback  null, or why synthetic data replaced an absent dataset
+                    (dataset.fallback_synthetic, the demo offline); summary.dataset is
+                    then "synthetic (fallback for <dataset>)"
     final           the last epoch's metrics (never the best epoch) or null
     wall_time_s, images_per_sec, device, precision (of the latest session), versions,
                     started_at, updated_at
@@ -40,6 +51,7 @@ SCHEMA_VERSION = 1
 # config keys that may differ when a run directory is resumed (they do not change what
 # is trained)
 RESUME_FREE_KEYS = ("device", "progress", "data_dir", "compile", "nan_check_every",
+                    "checkpoint_every_steps",
                     "eval_batch_size", "dataset.data_dir", "dataset.download",
                     "dataset.verify", "dataset.fallback_synthetic", "sharpness")
 # config keys added since runs were first recorded, with the value that a config
@@ -55,6 +67,16 @@ KEYS_ADDED = {
     "model.style": "pytorch",
     "augment.cutout_per_image": True,
     "augment.policy": "torchvision",
+    # SAM variants (docs/variants.md): before them, every SAM run was plain SAM
+    "optim.variant": "sam",
+    "optim.perturb": "all",
+    "optim.ascent_steps": 1,
+    "optim.second_order": False,
+    "optim.ascent": "gradient",
+    "dataset.label_noise": 0.0,
+    "dataset.label_noise_mode": "uniform",
+    "dataset.noise_seed": None,
+    "model.in_channels": 3,  # every dataset before SVHN / Fashion-MNIST was RGB
 }
 # optim=sgd was torch.optim.SGD itself; sam.optim.Descent with wd_mode=base and no
 # clipping trains exactly as it did
@@ -115,9 +137,11 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = False) -> None:
+def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = False,
+                 before_replace: Callable[[], None] | None = None) -> None:
     """Write a file so that readers see the old or the new content, never a part:
-    write a temporary file in the same directory, fsync, then rename over ``path``.
+    write a temporary file in the same directory, fsync, then rename over ``path``
+    (``before_replace`` runs just before the rename, once the new content is safe).
     The file gets the mode a plain ``open`` would (mkstemp's own is 0600: unreadable
     to collaborators sharing the results)."""
     path = Path(path)
@@ -129,6 +153,8 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], binary: bool = 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -154,11 +180,45 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically ``torch.save`` a checkpoint; the previous one is kept as ``*.prev.pt``."""
+    """Atomically ``torch.save`` a checkpoint; the previous one is kept as ``*.prev.pt``.
+    The new file is complete on disk before the old ones move: a failed write (a full
+    disk) leaves both as they were."""
     path = Path(path)
-    if path.exists():
-        os.replace(path, path.with_suffix(".prev.pt"))
-    atomic_write(path, lambda f: torch.save(state, f), binary=True)
+
+    def keep_previous() -> None:
+        if path.exists():
+            os.replace(path, path.with_suffix(".prev.pt"))
+
+    atomic_write(path, lambda f: _torch_save(state, f), binary=True,
+                 before_replace=keep_previous)
+
+
+class _KeepWriteError:
+    """A file that keeps the OSError of a failed write (torch.save reports it as a
+    RuntimeError "unexpected pos", losing the errno: a full disk must say so)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _torch_save(state: dict[str, Any], f: Any) -> None:
+    sink = _KeepWriteError(f)
+    try:
+        torch.save(state, sink)
+    except RuntimeError:
+        if sink.error is None:
+            raise
+        raise sink.error from None
 
 
 def load_checkpoint(

@@ -30,12 +30,19 @@ RECIPES = {
     "table1_pyramidnet": ("pyramidnet272", 1800, 30, 30),
     "table1_pyramidnet_shakedrop": ("pyramidnet272_shakedrop", 1800, 30, 30),
 }
+# Table 5 recipe -> (models, epochs, training images, input C x H x W); per model 10 SGD +
+# 10 SAM runs (2 augmentations x 5 seeds) and 10 SGD runs at 2x epochs
+TABLE5 = {
+    "table5_svhn": (("wrn28_10", "shakeshake26_2x96d"), 160, 73_257 + 531_131, (3, 32, 32)),
+    "table5_fashion_mnist": (("wrn28_10", "shakeshake26_2x96d"), 200, 60_000, (1, 28, 28)),
+}
 
 
-def train_flops_per_image(name: str) -> float:
-    """Counted FLOPs of one forward + backward of a CIFAR image (batch 2, halved)."""
-    model = build_model(name, num_classes=10).train()
-    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+def train_flops_per_image(name: str, shape: tuple[int, int, int] = (3, 32, 32)) -> float:
+    """Counted FLOPs of one forward + backward of an image of ``shape`` (CIFAR's by
+    default; batch 2, halved)."""
+    model = build_model(name, num_classes=10, in_channels=shape[0]).train()
+    x, y = torch.randn(2, *shape), torch.randint(0, 10, (2,))
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), y).backward()
     return counter.get_total_flops() / 2
@@ -46,7 +53,8 @@ def main() -> None:
     p.add_argument("--tflops", type=float, default=175.0, help="sustained TFLOP/s assumed")
     args = p.parse_args()
     rate = args.tflops * 1e12
-    flops = {m: train_flops_per_image(m) for m in {"resnet20", *(r[0] for r in RECIPES.values())}}
+    flops = {m: train_flops_per_image(m)
+             for m in {"resnet20", "resnet32", *(r[0] for r in RECIPES.values())}}
     print(f"assumed sustained rate: {args.tflops:.0f} TFLOP/s (estimates, not measurements)")
     print(f"{'recipe':<30}{'GFLOP/img':>10}{'SGD h/run':>11}{'SAM h/run':>11}{'total GPU-h':>13}")
     for recipe, (model, epochs, runs, sgd2x) in RECIPES.items():
@@ -59,7 +67,20 @@ def main() -> None:
     rs = 6 * 200 * 45_000 * 2 * flops["wrn28_10"] / rate / 3600
     print(f"{'msharpness':<30}{flops['resnet20'] / 1e9:>10.2f}{'':>11}{ms / 30:>11.3f}{ms:>13.1f}")
     print(f"{'rho_search':<30}{flops['wrn28_10'] / 1e9:>10.1f}{'':>11}{rs / 6:>11.2f}{rs:>13.0f}")
-    print("msharpness is a lower bound: a net this small runs far below the assumed rate.")
+    # table4_label_noise: 4 noise levels x 3 seeds x (SGD + SAM at twice the cost),
+    # ResNet-32, 200 epochs
+    t4 = 4 * 3 * 3 * 200 * TRAIN_IMAGES * flops["resnet32"] / rate / 3600
+    print(f"{'table4_label_noise':<30}{flops['resnet32'] / 1e9:>10.2f}{'':>11}"
+          f"{t4 / 36 * 2:>11.3f}{t4:>13.1f}")
+    print("msharpness and table4_label_noise are lower bounds: nets this small run far "
+          "below the assumed rate.")
+    for recipe, (models, epochs, images, shape) in TABLE5.items():
+        for model in models:
+            f = train_flops_per_image(model, shape)
+            sgd = epochs * images * f / rate / 3600
+            total = 10 * sgd + 10 * 2 * sgd + 10 * 2 * sgd
+            print(f"{recipe + ' ' + model:<30}{f / 1e9:>10.1f}{sgd:>11.2f}{2 * sgd:>11.2f}"
+                  f"{total:>13.0f}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+# The tests never download: sam.data.fetch refuses at once (one DataMissing line) under
+# SAM_OFFLINE=1, in the sam-train subprocesses too (tests/test_download.py unsets it for
+# its local server).
+os.environ["SAM_OFFLINE"] = "1"
 
 
 def shared_data_dir() -> Path | None:

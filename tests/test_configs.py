@@ -60,12 +60,13 @@ def test_model_configs_resolve(name):
 @pytest.mark.parametrize("name", options("optim"))
 def test_optim_configs_instantiate(name):
     cfg = make(f"optim={name}", "lr=0.3", "lam=1e-3", "rho=0.2")
-    opt = build_optimizer(cfg, torch.nn.Linear(2, 2))
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))  # SAM-ON: norm
+    opt = build_optimizer(cfg, model)
     group = opt.param_groups[0]
     # fidelity=official (the default): lambda is the L2 term of the loss, the base has none
     assert group["lr"] == 0.3 and group["l2"] == 1e-3 and group["weight_decay"] == 0
-    assert group["nesterov"] and isinstance(opt, SAM) == (name == "sam")
-    if name == "sam":
+    assert group["nesterov"] and isinstance(opt, SAM) == (name != "sgd")
+    if name != "sgd":
         assert group["rho"] == 0.2
 
 
@@ -167,8 +168,10 @@ def test_validate_refuses_group_values_that_would_fail_or_mislead(overrides, wor
         validate(make(*overrides))
 
 
-def test_synthetic_fallback_keeps_subset_and_validation_split():
-    cfg = make("dataset=cifar10", "data_dir=/nonexistent/cifar", "dataset.fallback_synthetic=true",
+def test_synthetic_fallback_keeps_subset_and_validation_split(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ here: the default location, where it may fall back
+    monkeypatch.delenv("SAM_DATA", raising=False)
+    cfg = make("dataset=cifar10", "data_dir=data", "dataset.fallback_synthetic=true",
                "dataset.subset=300", "dataset.val_fraction=0.25")
     splits = load_splits(cfg)
     assert (len(splits.train_x), len(splits.test_x), splits.eval_split) == (225, 75, "val")
@@ -220,3 +223,76 @@ def test_sgd_is_a_descent_with_the_fidelity_conventions(fidelity):
     assert opt.max_grad_norm == (5.0 if fidelity == "official" else None)
     # official: lambda is the L2 term of the loss, so the base SGD has no weight decay
     assert opt.param_groups[0]["weight_decay"] == (0.0 if fidelity == "official" else 5e-4)
+
+
+# --------------------------------------------------------------------------- SAM variants
+
+
+def test_variant_configs_build_their_paper_optimizers():
+    from sam.optim import GSAM, LookSAM
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    gsam = build_optimizer(make("optim=gsam"), model)
+    assert isinstance(gsam, GSAM) and gsam.alpha == 0.4
+    assert gsam.param_groups[0]["rho_min"] == gsam.param_groups[0]["rho_max"] == 0.05
+    looksam = build_optimizer(make("optim=looksam"), model)
+    assert isinstance(looksam, LookSAM) and (looksam.k, looksam.alpha) == (5, 0.7)
+    on = build_optimizer(make("optim=sam_on", "rho=0.5"), model)  # BatchNorm: rho, rest 0
+    assert [(len(g["params"]), g["rho"]) for g in on.param_groups] == [(2, 0.5), (2, 0.0)]
+    random = build_optimizer(make("optim.ascent=random", "seed=3"), model)
+    assert (random.ascent, random.seed) == ("random", 3)
+
+
+def test_a_sam_run_recorded_before_the_variants_resumes():
+    """KEYS_ADDED fills the variant keys into a config recorded without them."""
+    from sam.results import comparable_config
+
+    new = OmegaConf.to_container(make())
+    old = {**new, "optim": {k: v for k, v in new["optim"].items() if k not in (
+        "variant", "perturb", "ascent_steps", "second_order", "ascent")}}
+    assert comparable_config(old) == comparable_config(new)
+    ablation = OmegaConf.to_container(make("optim.ascent_steps=3"))
+    assert comparable_config(old) != comparable_config(ablation)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["optim=looksam", "m=32"], "optim=looksam keeps g_v per process"),
+    (["optim=gsam", "m=32", "m_impl=vmap"], "m_impl=loop"),
+    (["optim.ascent_steps=2", "optim.second_order=true"], "separate ablations"),
+    (["optim.ascent_steps=0"], "optim.ascent_steps=0"),
+    (["optim.ascent=sideways"], "optim.ascent=sideways"),
+    (["optim.perturb=bn"], "optim.perturb=bn"),
+    (["optim.second_order=true", "optim.p=inf"], "optim.p=2"),
+])
+def test_validate_refuses_variant_combinations_in_one_line(overrides, words):
+    with pytest.raises(UserError, match=words) as err:
+        validate(make(*overrides))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["optim=gsam", "optim.alpha=-1"], "optim.alpha=-1"),
+    (["optim=gsam", "optim.rho_min=0.5"], "optim.rho_min=0.5"),
+    (["optim=looksam", "optim.k=0"], "optim.k=0"),
+])
+def test_validate_refuses_variant_hyperparameters(overrides, words):
+    with pytest.raises(UserError, match=words):
+        validate(make(*overrides))
+
+
+def test_sam_on_without_normalization_layers_is_a_user_error():
+    with pytest.raises(UserError, match="no normalization layer"):
+        build_optimizer(make("optim=sam_on"), torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("overrides, label", [
+    ([], "sam"), (["optim=gsam"], "gsam"), (["optim=looksam"], "looksam"),
+    (["optim=sam_on"], "sam_on"), (["optim.perturb=norm"], "sam_on"),
+    (["optim=sam_on", "optim.perturb=no_norm"], "sam_on perturb=no_norm"),
+    (["optim=sam_multistep"], "sam ascent_steps=2"),
+    (["optim=sam_second_order"], "sam second_order"), (["optim=sam_random"], "sam ascent=random"),
+])
+def test_each_variant_has_the_report_name_of_its_docs(overrides, label):
+    from sam.optim import variant_label
+
+    assert variant_label(make(*overrides).optim) == label

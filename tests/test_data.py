@@ -82,6 +82,7 @@ def test_failed_download_is_a_user_error(tmp_path, monkeypatch):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", offline)
+    monkeypatch.delenv("SAM_OFFLINE")  # conftest's guard would refuse before torchvision
     with pytest.raises(UserError, match="CIFAR-100 not found.*download failed"):
         load_dataset("cifar100", str(tmp_path), download=True)
 
@@ -95,7 +96,7 @@ def test_corrupt_pickle_names_the_file(tmp_path):
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(UserError, match="cifar10, cifar100, synthetic"):
+    with pytest.raises(UserError, match="cifar10, cifar100, svhn, fashion_mnist, synthetic"):
         load_dataset("mnist", ".")
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import submitit
+from helpers import stub_srun
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
@@ -44,9 +45,7 @@ def test_joblib_sweep_records_each_job_and_reports_the_failed_one(tmp_path):
 def test_slurm_launcher_builds_one_task_per_gpu(tmp_path, monkeypatch):
     """hydra/launcher=slurm through the submitit plugin up to the sbatch script (no
     cluster: a stub srun, and the submission is intercepted)."""
-    (tmp_path / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (tmp_path / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    stub_srun(tmp_path, monkeypatch)
     seen = {}
 
     def fake_map_array(self, fn, *iterables):

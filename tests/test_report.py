@@ -17,7 +17,7 @@ from sam.results import read_json, write_json
 
 T_975_2 = 4.302652729749464  # t_{0.975, 2}, from tables
 SETTING = {"dataset": "cifar10", "model": "wrn28_10", "augment": "basic", "epochs": 200}
-KEY = ("cifar10", "wrn28_10", "basic", "200", "test", "pytorch")  # the group of SETTING
+KEY = ("cifar10", "wrn28_10", "basic", "200", "test", "pytorch", "0.0")  # the group of SETTING
 WHERE = "/".join(KEY)  # as warnings name it
 CELLS = ("SGD", "paper SGD", "SAM", "paper SAM", "SAM - SGD")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -136,11 +136,13 @@ def test_report_table_csv_and_other_runs(sweep: Path, tmp_path: Path, capsys) ->
     printed = report(capsys, sweep, "--out", out)
     half = T_975_2 * 0.1 / math.sqrt(3)  # 0.2484...
     assert TABLE_HEADER == ["dataset", "model", "augment", "epochs", "eval_split", "fidelity",
-                            "rho", "m", "precision", *CELLS]
-    assert table_row(printed, *KEY)[6:] == ["0.05", "B=128", "fp32", "3.50 ± 0.25 (n=3)",
-                                            "3.5 ± 0.1", "2.70 ± 0.25 (n=3)", "2.7 ± 0.1", "-0.80"]
+                            "label_noise", "rho", "m", "precision", *CELLS]
+    assert table_row(printed, *KEY)[len(KEY):] == [
+        "0.05", "B=128", "fp32", "3.50 ± 0.25 (n=3)", "3.5 ± 0.1", "2.70 ± 0.25 (n=3)",
+        "2.7 ± 0.1", "-0.80"]
     single = table_row(printed, "cifar100", "resnet18", "basic", "10", "test", "pytorch")
-    assert single[6:] == ["-", "B=128", "fp32", "5.25 (n=1)", "", "-", "", "-"]  # SGD's own m
+    # SGD's own m
+    assert single[len(KEY):] == ["-", "B=128", "fp32", "5.25 (n=1)", "", "-", "", "-"]
     for name, status, error in [("failed", "failed", "CUDA OOM"), ("running", "running", ""),
                                 ("diverged", "diverged", "loss is nan"),
                                 ("broken", "unreadable", "JSONDecodeError")]:
@@ -319,7 +321,7 @@ def test_fidelities_get_their_own_rows_each_beside_the_paper(tmp_path: Path, cap
     again = edit(write_run(tmp_path, "rerun", "sam", 0, 9.0, rho=0.05), drop=("fidelity",))
     printed = report(capsys, tmp_path)
     h = f"{stats.t.ppf(0.975, 1) * 0.2 / 2:.2f}"  # s = 0.2 / sqrt(2), n = 2
-    assert values(row_of(printed, *KEY[:5], "official"), *CELLS) == [
+    assert values(row_of(printed, *KEY[:5], "official", *KEY[6:]), *CELLS) == [
         f"3.10 ± {h} (n=2)", "3.5 ± 0.1", f"2.50 ± {h} (n=2)", "2.7 ± 0.1", "-0.60"]
     assert values(row_of(printed, *KEY), *CELLS) == [
         f"3.70 ± {h} (n=2)", "3.5 ± 0.1", "3.10 ± 0.25 (n=3)", "2.7 ± 0.1", "-0.60"]
@@ -341,9 +343,9 @@ def test_paper_table1_values() -> None:
     assert PAPER_TABLE1[("cifar10", "pyramidnet272_shakedrop", "autoaugment", 1800)] == (1.6, 1.4)
     assert PAPER_TABLE1_CELLS[("cifar10", "wrn28_10", "autoaugment", 200)] == ("2.3±0.1",
                                                                              "2.1±<0.1")
-    assert paper_cells((*SETTING.values(), "test", "official")) == ("3.5±0.1", "2.7±0.1") \
-        == paper_cells((*SETTING.values(), "test", "pytorch"))
-    assert paper_cells((*SETTING.values(), "val", "official")) is None
+    assert paper_cells((*SETTING.values(), "test", "official", 0.0)) == ("3.5±0.1", "2.7±0.1") \
+        == paper_cells((*SETTING.values(), "test", "pytorch", 0.0))
+    assert paper_cells((*SETTING.values(), "val", "official", 0.0)) is None
     assert len(PAPER_TABLE1) == 2 * 15  # CIFAR-10/100 x 5 models/budgets x 3 augmentations
     # every recipe's model name is one the table knows
     models = {key[1] for key in PAPER_TABLE1}
@@ -362,8 +364,8 @@ def test_sgd_at_twice_the_epochs_is_compared(tmp_path: Path, capsys) -> None:
     row = next(line for line in section.splitlines() if line.startswith("| cifar10"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     # SGD 200: mean 3.5; SGD 400: mean 3.1 (better); SAM 200: 2.7 -> 2.7 - 3.1 = -0.40
-    assert cells[3:6] == ["200", "test", "pytorch"] and cells[8] == "3.10"
-    assert cells[6].startswith("3.50") and cells[7].startswith("3.10") and cells[-1] == "-0.40"
+    assert cells[3:7] == ["200", "test", "pytorch", "0.0"] and cells[9] == "3.10"
+    assert cells[7].startswith("3.50") and cells[8].startswith("3.10") and cells[-1] == "-0.40"
 
 
 def test_validation_runs_get_their_own_rows_without_paper_numbers(tmp_path: Path,

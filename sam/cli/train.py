@@ -28,7 +28,7 @@ _failed_jobs: list[str] = []  # multirun jobs that ended with a one-line error
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def _train(cfg: DictConfig) -> float | None:
-    from sam.train import Diverged, run
+    from sam.train import Diverged, Preempted, RunDirBusy, WriteFailed, run
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -38,10 +38,14 @@ def _train(cfg: DictConfig) -> float | None:
         results = run(cfg, hc.runtime.output_dir, overrides=overrides,
                       choices=dict(hc.runtime.choices), multirun=multirun,
                       invocation_files=_invocation_files(cfg, hc))
+    except Preempted as stopped:  # SIGTERM/SIGUSR1: checkpointed at the current step
+        print(f"{_prog()}: {stopped}", file=sys.stderr)
+        stopped.handoff()  # hydra/launcher=slurm: submitit requeues the job (and exits)
+        sys.exit(stopped.exit_status)
     except Exception as err:
         if full_error():
             raise
-        expected = isinstance(err, UserError | Diverged)
+        expected = isinstance(err, UserError | Diverged | WriteFailed)
         if not multirun:
             if not expected:
                 raise JobError(err) from err  # one line from guarded, past Hydra's printer
@@ -50,7 +54,8 @@ def _train(cfg: DictConfig) -> float | None:
         text = one_line(err) if expected else f"{type(err).__name__}: {one_line(err)}"
         print(f"{_prog()}: error: {text} [job {hc.job.num}: {' '.join(overrides)}]",
               file=sys.stderr)
-        _record_unstarted(hc.runtime.output_dir, cfg, overrides, text)
+        if not isinstance(err, RunDirBusy):  # the directory is another process's
+            _record_unstarted(hc.runtime.output_dir, cfg, overrides, text)
         _record_failed(hc, " ".join(overrides))  # the other jobs of the sweep go on
         return None
     finally:

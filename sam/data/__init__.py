@@ -1,6 +1,6 @@
-"""CIFAR-10/100 and synthetic data, plus batched on-device augmentation.
+"""CIFAR-10/100, SVHN, Fashion-MNIST and synthetic data, plus batched on-device augmentation.
 
-Images stay uint8 (N, 3, 32, 32) until a loader normalizes a batch on the device, so a
+Images stay uint8 (N, C, H, W) until a loader normalizes a batch on the device, so a
 whole CIFAR training set (150 MiB) sits on the GPU once and an epoch is gathers and
 elementwise kernels, with no per-sample Python; the official SAM code's AutoAugment too
 (`official_autoaugment`, batched). The exception is torchvision's AutoAugment, which runs
@@ -11,7 +11,8 @@ Randomness is seeded from (seed, epoch) only, so a resumed run replays the same 
 Modules: `datasets` (loading), `augment` (crop/flip/Cutout ops, checks of the augment
 settings), `device_loader` (`Normalize`, `DeviceLoader`), `official_autoaugment` (the
 policy; its operations in `official_aa_ops`), `autoaugment` (`AutoAugmentLoader`),
-`loaders` (`make_loader`, `augment_options`).
+`loaders` (`make_loader`, `augment_options`, `dataset_options`), `torchvision_sets` (SVHN,
+Fashion-MNIST), `fetch` (the download, `DataMissing`).
 """
 
 from sam.data.augment import (
@@ -38,7 +39,8 @@ from sam.data.datasets import (
     make_synthetic,
 )
 from sam.data.device_loader import DeviceLoader, Normalize
-from sam.data.loaders import augment_options, make_loader
+from sam.data.fetch import DataMissing
+from sam.data.loaders import augment_options, dataset_options, make_loader
 from sam.data.official_autoaugment import official_autoaugment
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "DATASETS",
     "PAD_MODES",
     "AutoAugmentLoader",
+    "DataMissing",
     "DeviceLoader",
     "Normalize",
     "Splits",
@@ -61,6 +64,7 @@ __all__ = [
     "check_policy",
     "crop_flip_params",
     "cutout_params",
+    "dataset_options",
     "load_dataset",
     "load_splits",
     "make_loader",

@@ -98,10 +98,13 @@ def apply_crop_flip(x: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding:
 
 
 def random_crop_flip(x: Tensor, generator: torch.Generator, padding: int = 4,
-                     pad_mode: str = "reflect") -> Tensor:
-    """Random `padding`-px padded crop + horizontal flip of each image in `x` (N, C, H, W)."""
-    params = crop_flip_params(len(x), generator, padding)
-    return apply_crop_flip(x, *params, padding=padding, pad_mode=pad_mode)
+                     pad_mode: str = "reflect", flip: bool = True) -> Tensor:
+    """Random `padding`-px padded crop + horizontal flip of each image in `x` (N, C, H, W);
+    `flip=False`: the crop alone (the flips are still drawn, so the draws stay the same)."""
+    top, left, flips = crop_flip_params(len(x), generator, padding)
+    if not flip:
+        flips = torch.zeros_like(flips)
+    return apply_crop_flip(x, top, left, flips, padding=padding, pad_mode=pad_mode)
 
 
 def cutout_params(n: int, h: int, w: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -22,9 +22,14 @@ from sam.data.augment import check_pad_mode
 from sam.data.datasets import Stats
 from sam.data.device_loader import Normalize, _num_batches, _seed
 
+_TV_POLICIES = {"cifar": v2.AutoAugmentPolicy.CIFAR10, "svhn": v2.AutoAugmentPolicy.SVHN,
+                "imagenet": v2.AutoAugmentPolicy.IMAGENET}
+
 
 class _AADataset(torch.utils.data.Dataset):
-    """Per-sample AutoAugment(CIFAR10) + flip + RandomCrop(32, 4) on uint8 CHW tensors.
+    """Per-sample AutoAugment(CIFAR10) + flip + RandomCrop(32, 4) on uint8 CHW tensors
+    (`aa_policy` "svhn": torchvision's SVHN policy; `flip=False`: no flip; `aa_crop_flip=
+    False`: AutoAugment alone, as the official code's "aa-only").
 
     The order of the official SAM code (AutoAugment, then its basic crop and flip), and
     AutoAugment's geometric operations fill with grey 128, as the AutoAugment reference
@@ -33,13 +38,16 @@ class _AADataset(torch.utils.data.Dataset):
     draws which sample.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, pad_mode: str = "reflect") -> None:
+    def __init__(self, x: Tensor, y: Tensor, pad_mode: str = "reflect", flip: bool = True,
+                 aa_policy: str = "cifar", aa_crop_flip: bool = True) -> None:
         self.x, self.y = x, y
-        self.transform = v2.Compose([
-            v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10, fill=128),
-            v2.RandomHorizontalFlip(),
-            v2.RandomCrop(32, padding=4, padding_mode=
-                          "reflect" if check_pad_mode(pad_mode) == "reflect" else "constant"),
+        crop_flip = [v2.RandomHorizontalFlip(0.5 if flip else 0.0),
+                     v2.RandomCrop(x.shape[-1], padding=4, padding_mode=
+                                   "reflect" if check_pad_mode(pad_mode) == "reflect"
+                                   else "constant")]
+        self.transform = v2.Compose([  # torchvision's policy of the dataset (SVHN's for SVHN)
+            v2.AutoAugment(_TV_POLICIES[aa_policy], fill=128),
+            *(crop_flip if aa_crop_flip else []),
         ])
 
     def __len__(self) -> int:
@@ -87,6 +95,7 @@ class _ShardBatchSampler(torch.utils.data.Sampler):
     def __init__(self, sampler: _EpochSampler, batch_size: int, drop_last: bool) -> None:
         self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
         self.rank, self.world = 0, 1
+        self.skip = 0  # global batches of the epoch to leave out (a resumed pass)
 
     def spans(self) -> list[tuple[int, int, int]]:
         """(lo, hi, size) of every global batch of an epoch: this rank's rows [lo, hi)."""
@@ -99,9 +108,9 @@ class _ShardBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         items = iter(self.sampler)
-        for lo, hi, size in self.spans():
+        for k, (lo, hi, size) in enumerate(self.spans()):
             batch = list(itertools.islice(items, size))
-            if hi > lo:
+            if hi > lo and k >= self.skip:
                 yield batch[lo:hi]
 
 
@@ -134,6 +143,9 @@ class AutoAugmentLoader:
         num_workers: int = 0,
         pad_mode: str = "reflect",
         cutout_per_image: bool = True,
+        flip: bool = True,
+        aa_policy: str = "cifar",
+        aa_crop_flip: bool = True,
     ) -> None:
         self.device = torch.device(device)
         self.seed = seed
@@ -142,7 +154,7 @@ class AutoAugmentLoader:
         self.batches = _ShardBatchSampler(self.sampler, batch_size, drop_last)
         on_cuda = self.device.type == "cuda"
         self.loader = torch.utils.data.DataLoader(
-            _AADataset(x_uint8.cpu(), y.cpu(), pad_mode),
+            _AADataset(x_uint8.cpu(), y.cpu(), pad_mode, flip, aa_policy, aa_crop_flip),
             batch_sampler=self.batches,
             num_workers=num_workers,
             pin_memory=on_cuda,
@@ -152,12 +164,24 @@ class AutoAugmentLoader:
         self._finish = Normalize(self.device, mean, std, cutout=True,
                                  cutout_per_image=cutout_per_image)
         self.generator = torch.Generator(device=self.device)
+        self.step, self._resume = 0, None
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass over the data epoch `epoch` (reseeds all randomness)."""
         self.epoch = self.sampler.epoch = epoch
         self.generator.manual_seed(_seed(self.seed, epoch, 1))
+
+    def position(self) -> dict:
+        """Where the current pass is: its epoch, the global batches yielded so far
+        (`step`) and the Cutout generator's state after them (as `DeviceLoader`'s)."""
+        return {"epoch": self.epoch, "step": self.step, "rng": [self.generator.get_state()]}
+
+    def resume_at(self, position: dict) -> None:
+        """Make the next pass continue epoch `position["epoch"]` after its first
+        `position["step"]` global batches: the same order, per-sample seeds and Cutout."""
+        self.set_epoch(position["epoch"])
+        self._resume = position
 
     def set_shard(self, rank: int, world: int) -> None:
         """From the next pass on, yield only rows `shard_rows(len(batch), rank, world)` of
@@ -178,9 +202,15 @@ class AutoAugmentLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         self.set_epoch(self.epoch)
-        parts = [(lo, size) for lo, hi, size in self.batches.spans() if hi > lo]
+        resume, self._resume = self._resume, None
+        self.step = self.batches.skip = resume["step"] if resume else 0
+        if resume:
+            self.generator.set_state(resume["rng"][0])
+        spans = self.batches.spans()[self.step:]
+        parts = [(lo, size) for lo, hi, size in spans if hi > lo]
         for part, (x, y) in zip(parts, self.loader, strict=True):
             x = x.to(self.device, non_blocking=self._non_blocking)
             y = y.to(self.device, non_blocking=self._non_blocking)
+            self.step += 1
             yield self._finish(x, self.generator, part), y
         self.epoch += 1

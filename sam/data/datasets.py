@@ -3,7 +3,9 @@
 `load_dataset` reads CIFAR through torchvision (md5-verified or not) or generates
 CIFAR-shaped synthetic data from a seed, then optionally keeps a training subset and holds
 out its tail as a validation set; `load_splits` does the same from a run's config, with the
-synthetic fallback. A CIFAR read that fails becomes one `UserError` naming the fix.
+synthetic fallback for data absent from the default location. Absent files are downloaded
+once when ``download`` is set (`sam.data.fetch`); a CIFAR read that fails becomes one
+`UserError` naming the fix (`DataMissing` for absent files).
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from torch import Tensor
 from torchvision.datasets import CIFAR10, CIFAR100
 from torchvision.datasets.utils import check_integrity
 
+from sam.data.fetch import DataMissing, files_present, is_default_location, missing_message
+from sam.data.fetch import download as download_files
+from sam.data.label_noise import add_label_noise, check_label_noise
 from sam.errors import UserError
 
 log = logging.getLogger("sam.data")  # the package's logger, as before the split
 
-DATASETS = ("cifar10", "cifar100", "synthetic")
+DATASETS = ("cifar10", "cifar100", "svhn", "fashion_mnist", "synthetic")
 
 # Per-channel mean and std of the training sets' pixels scaled to [0, 1] (population std),
 # the 8 digits the official SAM code normalises with (sam_jax/datasets/dataset_source.py:
@@ -35,12 +40,13 @@ CIFAR_STATS = {
 }
 _CIFAR = {"cifar10": (CIFAR10, "CIFAR-10", 10), "cifar100": (CIFAR100, "CIFAR-100", 100)}
 
-Stats = tuple[float, float, float]
+Stats = tuple[float, ...]  # one value per channel
 
 
 @dataclass
 class Splits:
-    """A dataset in memory: uint8 images (N, 3, 32, 32) and int64 labels on the CPU.
+    """A dataset in memory: uint8 images (N, C, H, W) and int64 labels on the CPU
+    (CIFAR, SVHN: 3 x 32 x 32; Fashion-MNIST: 1 x 28 x 28).
 
     `test_x`/`test_y` are the evaluation set: the official test set when `eval_split` is
     "test", or the held-out tail of the training set when it is "val".
@@ -56,6 +62,8 @@ class Splits:
     name: str
     source: str
     eval_split: str = "test"
+    label_noise: dict | None = None  # add_label_noise's record when the labels are noisy
+    fallback: str | None = None  # why synthetic data replaced the dataset (fallback)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -70,16 +78,22 @@ def load_dataset(
     val_fraction: float = 0.0,
     seed: int = 0,
     synthetic_size: tuple[int, int] = (1024, 256),
+    options: dict[str, Any] | None = None,
 ) -> Splits:
-    """Load `name` ("cifar10", "cifar100" or "synthetic") as uint8 CPU tensors.
+    """Load `name` (one of DATASETS) as uint8 CPU tensors.
 
     CIFAR is read by torchvision from `data_dir` (the folder holding cifar-10-batches-py or
     cifar-100-python); `verify=False` skips torchvision's md5 check, for re-packed copies.
     `subset` keeps the first N training images; `val_fraction` > 0 then holds out the last
-    fraction of them as the evaluation set in place of the test set.
+    fraction of them as the evaluation set in place of the test set. SVHN and Fashion-MNIST
+    are read by `sam.data.torchvision_sets.load_set`, with `options` (extra, stats).
     """
     if name in _CIFAR:
         splits = _load_cifar(name, data_dir, download, verify)
+    elif name in ("svhn", "fashion_mnist"):
+        from sam.data.torchvision_sets import load_set  # it imports Splits from here
+
+        splits = load_set(name, data_dir, download, verify, **(options or {}))
     elif name == "synthetic":
         splits = make_synthetic(seed, *synthetic_size)
     else:
@@ -90,7 +104,8 @@ def load_dataset(
 
 def load_splits(cfg: Any) -> Splits:
     """The run's dataset (``cfg.dataset``, ``cfg.seed``) as uint8 CPU tensors, with the
-    synthetic fallback when ``dataset.fallback_synthetic`` allows it."""
+    synthetic fallback when ``dataset.fallback_synthetic`` allows it and the data is
+    absent from the default location (``data``, SAM_DATA unset)."""
     d = cfg.dataset
     kwargs = dict(subset=d.subset, val_fraction=d.val_fraction, seed=cfg.seed)
     try:
@@ -98,14 +113,44 @@ def load_splits(cfg: Any) -> Splits:
             splits = load_dataset("synthetic", "", synthetic_size=(d.train_size, d.test_size),
                                   **kwargs)
         else:
+            options = {k: d[k] for k in ("extra", "stats") if k in d}  # svhn, fashion_mnist
             splits = load_dataset(d.name, d.data_dir, download=d.download, verify=d.verify,
-                                  **kwargs)
-    except UserError as err:
-        if not d.get("fallback_synthetic"):
+                                  options=options, **kwargs)
+    except DataMissing as err:  # absent files only: a wrong value stays an error
+        if not (d.get("fallback_synthetic") and is_default_location(d.data_dir)):
             raise
-        log.warning("NOTICE: %s -- falling back to SYNTHETIC data; these results are not %s",
-                    err, d.name)
-        splits = load_dataset("synthetic", "", synthetic_size=(4096, 1024), **kwargs)
+        splits = _synthetic_fallback(d, err, kwargs)
+    return _with_label_noise(splits, d, cfg.seed)
+
+
+def _synthetic_fallback(d: Any, err: DataMissing, kwargs: dict[str, Any]) -> Splits:
+    """Synthetic data in place of a dataset absent from the default location (the demo's
+    ``dataset.fallback_synthetic``), as many training images as ``dataset.subset`` asks for
+    (else 4096); said loudly, and named ``synthetic (fallback for <dataset>)`` so that
+    results.json and every report row show it."""
+    log.warning("NOTICE: %s -- FALLING BACK TO SYNTHETIC DATA (dataset.fallback_synthetic="
+                "true): these results are NOT %s", err, d.name)
+    size = (d.subset or 4096, d.get("test_subset") or 1024)
+    splits = load_dataset("synthetic", "", synthetic_size=size, **kwargs)
+    splits.name, splits.fallback = f"synthetic (fallback for {d.name})", str(err)
+    splits.source = f"SYNTHETIC fallback, {d.name} absent; {splits.source}"
+    return splits
+
+
+def _with_label_noise(splits: Splits, d: Any, seed: int) -> Splits:
+    """``splits`` with symmetric noise on its training labels when ``dataset.label_noise``
+    > 0, seeded by ``dataset.noise_seed`` (null: the run seed). Applied after the
+    validation split, so held-out and test labels stay clean."""
+    fraction = d.get("label_noise", 0.0)
+    mode = d.get("label_noise_mode", "uniform")
+    check_label_noise(fraction, mode)
+    if fraction:
+        noise_seed = seed if d.get("noise_seed") is None else d.noise_seed
+        splits.train_y, splits.label_noise = add_label_noise(
+            splits.train_y, splits.num_classes, fraction, mode, noise_seed)
+        record = splits.label_noise
+        splits.source += (f"; {record['changed']} of {len(splits.train_y)} train labels "
+                          f"noisy ({mode}, p={fraction}, noise_seed={noise_seed})")
     return splits
 
 
@@ -162,12 +207,20 @@ def _reader(base: type[CIFAR10], verify: bool) -> type[CIFAR10]:
 def _load_cifar(name: str, data_dir: str, download: bool, verify: bool) -> Splits:
     base, pretty, num_classes = _CIFAR[name]
     root = Path(data_dir).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"data_dir '{root}' is a file: set data_dir=<folder holding "
+                        f"{base.base_folder}> (or env SAM_DATA)")
+    names = [f for f, _ in base.train_list + base.test_list] + [base.meta["filename"]]
+    folder = root / base.base_folder
+    if download:  # torchvision's own download, only when the files are absent
+        download_files(pretty, root, base.base_folder, lambda: files_present(folder, names),
+                       lambda: base(str(root), train=False, download=True), base.url)
     reader = _reader(base, verify)
     try:
-        train = reader(str(root), train=True, download=download)
+        train = reader(str(root), train=True)
         test = reader(str(root), train=False)
     except Exception as e:  # explain what went wrong in one line, then keep the cause
-        raise _explain(base, pretty, root, download, verify, e) from e
+        raise _explain(base, pretty, root, verify, e) from e
 
     def tensors(ds: CIFAR10) -> tuple[Tensor, Tensor]:
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
@@ -183,17 +236,15 @@ def _load_cifar(name: str, data_dir: str, download: bool, verify: bool) -> Split
 
 
 def _explain(
-    base: type[CIFAR10], pretty: str, root: Path, download: bool, verify: bool, err: Exception
+    base: type[CIFAR10], pretty: str, root: Path, verify: bool, err: Exception
 ) -> UserError:
-    """Turn a failure to read CIFAR into a one-line UserError naming the problem and fix."""
+    """Turn a failure to read CIFAR into a one-line UserError naming the problem and fix
+    (`DataMissing` when files are absent)."""
     folder = root / base.base_folder
     files = [f for f, _ in base.train_list + base.test_list] + [base.meta["filename"]]
-    if any(not (folder / f).is_file() for f in files):
-        tried = f" (download failed: {type(err).__name__}: {err})" if download else ""
-        return UserError(
-            f"{pretty} not found under '{root}'{tried}: set dataset.data_dir=<dir containing "
-            f"{base.base_folder}> (or env SAM_DATA), or dataset.download=true when online"
-        )
+    if not files_present(folder, files):
+        return DataMissing(missing_message(pretty, root, base.base_folder,
+                                           "dataset.download=false"))
     if verify:
         sums = base.train_list + base.test_list + [[base.meta["filename"], base.meta["md5"]]]
         bad = [f for f, md5 in sums if not check_integrity(str(folder / f), md5)]

@@ -51,8 +51,8 @@ class Normalize:
 
     def __init__(self, device: torch.device, mean: Stats, std: Stats, cutout: bool,
                  cutout_per_image: bool = True) -> None:
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255  # per channel
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
         self.cutout, self.per_image = cutout, check_cutout_per_image(cutout_per_image)
 
     def __call__(
@@ -92,14 +92,18 @@ class DeviceLoader:
     one per image, or with `cutout_per_image=False` one position for the whole batch) or
     "autoaugment" (the official SAM code's AutoAugment on uint8, then cutout). With
     `drop_last` the last partial batch of each (reshuffled) epoch is left out, as in the
-    official code.
+    official code. The dataset decides three settings (`sam.data.dataset_options`): `flip`
+    (False: the crop without the horizontal flip), `aa_policy` (the official AutoAugment
+    policy: "cifar", "svhn" or "imagenet") and `aa_crop_flip` (False: "autoaugment" skips
+    the flip + crop, the official code's "aa-only" for SVHN).
 
     Randomness: `generator` draws the order, crops, flips and Cutout; `aa_generator` (made
     for "autoaugment" only) draws AutoAugment, so the other draws are those of "cutout".
     Both live on `device` and are reseeded from (seed, epoch) when an epoch starts, so
-    the same epoch always yields bit-identical batches on one device (and a run resumed
-    at an epoch boundary continues exactly). Iterating to the end advances the epoch;
-    `set_epoch` sets it explicitly (on resume).
+    the same epoch always yields bit-identical batches on one device. Iterating to the
+    end advances the epoch; `set_epoch` sets it explicitly (on resume). `position()` after
+    k batches and `resume_at` of it make the next pass yield the same epoch's batches
+    k+1, k+2, ... bit for bit (a run resumed inside an epoch continues exactly).
 
     Under DDP `sam.distributed.ShardedLoader` slices every global batch: each rank draws
     the whole batch from the same seeds (AutoAugment included) and keeps its rows, so a
@@ -122,6 +126,9 @@ class DeviceLoader:
         seed: int = 0,
         pad_mode: str = "reflect",
         cutout_per_image: bool = True,
+        flip: bool = True,
+        aa_policy: str = "cifar",
+        aa_crop_flip: bool = True,
     ) -> None:
         if augment not in ("none", "basic", "cutout", "autoaugment"):
             raise UserError(
@@ -132,6 +139,8 @@ class DeviceLoader:
         self.y = y.to(self.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.augment, self.seed, self.pad_mode = augment, seed, check_pad_mode(pad_mode)
+        self.flip, self.aa_policy = flip, aa_policy
+        self.crop = augment != "none" and (augment != "autoaugment" or aa_crop_flip)
         self._len = _num_batches(len(self.x), batch_size, drop_last)
         self._finish = Normalize(self.device, mean, std,
                                  cutout=augment in ("cutout", "autoaugment"),
@@ -139,7 +148,23 @@ class DeviceLoader:
         self.generator = torch.Generator(device=self.device)
         self.aa_generator = (torch.Generator(device=self.device)
                              if augment == "autoaugment" else None)
+        self.step, self._resume = 0, None
         self.set_epoch(0)
+
+    def position(self) -> dict:
+        """Where the current pass is: its epoch, the batches yielded so far (`step`) and
+        the generators' states after them (read between batches; no device sync)."""
+        return {"epoch": self.epoch, "step": self.step,
+                "rng": [g.get_state() for g in self._generators()]}
+
+    def _generators(self) -> list[torch.Generator]:
+        return [g for g in (self.generator, self.aa_generator) if g is not None]
+
+    def resume_at(self, position: dict) -> None:
+        """Make the next pass continue epoch `position["epoch"]` after its first
+        `position["step"]` batches, exactly as the pass `position` was taken from."""
+        self.set_epoch(position["epoch"])
+        self._resume = position
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass over the data epoch `epoch` (reseeds the generators)."""
@@ -159,12 +184,18 @@ class DeviceLoader:
             if self.shuffle
             else torch.arange(n, device=self.device)
         )
-        for i in range(self._len):
+        self.step, resume, self._resume = 0, self._resume, None
+        if resume is not None:  # the order is the epoch's; the draws go on from batch k
+            self.step = resume["step"]
+            for gen, state in zip(self._generators(), resume["rng"], strict=True):
+                gen.set_state(state)
+        for i in range(self.step, self._len):
             idx = order[i * bs : (i + 1) * bs]
             x = self.x[idx]
             if self.aa_generator is not None:  # AutoAugment first, on uint8 (official order)
-                x = official_autoaugment(x, self.aa_generator)
-            if self.augment != "none":
-                x = random_crop_flip(x, g, pad_mode=self.pad_mode)
+                x = official_autoaugment(x, self.aa_generator, policy=self.aa_policy)
+            if self.crop:
+                x = random_crop_flip(x, g, pad_mode=self.pad_mode, flip=self.flip)
+            self.step = i + 1
             yield self._finish(x, g), self.y[idx]
         self.epoch += 1

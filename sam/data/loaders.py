@@ -19,6 +19,7 @@ from sam.data.augment import AUGMENTS, check_cutout_per_image, check_pad_mode, c
 from sam.data.autoaugment import AutoAugmentLoader
 from sam.data.datasets import Stats
 from sam.data.device_loader import DeviceLoader
+from sam.data.official_autoaugment import POLICIES
 from sam.errors import UserError
 
 
@@ -37,6 +38,21 @@ def augment_options(augment: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def dataset_options(dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """`make_loader`'s keyword arguments that the dataset group (``cfg.dataset``) decides,
+    each checked: flip, aa_policy and aa_crop_flip (configs/dataset/svhn.yaml). A key the
+    group lacks takes the CIFAR value: flip, the CIFAR policy, flip + crop after it."""
+    out = {"flip": dataset.get("flip", True), "aa_policy": dataset.get("aa_policy", "cifar"),
+           "aa_crop_flip": dataset.get("aa_crop_flip", True)}
+    for key in ("flip", "aa_crop_flip"):
+        if not isinstance(out[key], bool):
+            raise UserError(f"dataset.{key}={out[key]!r}: use true or false")
+    if out["aa_policy"] not in POLICIES:
+        raise UserError(f"dataset.aa_policy={out['aa_policy']!r}: use one of "
+                        f"{', '.join(POLICIES)} (the official AutoAugment policies)")
+    return out
+
+
 def make_loader(
     splits_x: Tensor,
     splits_y: Tensor,
@@ -53,6 +69,9 @@ def make_loader(
     pad_mode: str = "reflect",
     cutout_per_image: bool = True,
     policy: str = "torchvision",
+    flip: bool = True,
+    aa_policy: str = "cifar",
+    aa_crop_flip: bool = True,
 ) -> DeviceLoader | AutoAugmentLoader:
     """A loader yielding normalized (x, y) batches on `device` for augment in `AUGMENTS`.
 
@@ -61,19 +80,25 @@ def make_loader(
     with policy "official" the official SAM code's AutoAugment batched on the device
     (`DeviceLoader`), with "torchvision" torchvision's per image on CPU workers
     (`AutoAugmentLoader`). The crop pads by `pad_mode`; Cutout takes one square per image
-    (`cutout_per_image`) or one position per batch (the official code's).
+    (`cutout_per_image`) or one position per batch (the official code's). `flip`,
+    `aa_policy`, `aa_crop_flip`: the dataset's settings (`dataset_options`).
     """
     check_policy(policy)
+    if augment == "autoaugment" and splits_x.shape[1] != 3:
+        raise UserError(f"augment=autoaugment needs RGB images, not {splits_x.shape[1]} "
+                        "channel(s): use augment=basic or cutout (the paper's Fashion-MNIST "
+                        "rows)")
+    options = dict(flip=flip, aa_policy=aa_policy, aa_crop_flip=aa_crop_flip)
     if augment == "autoaugment" and policy == "torchvision":
         return AutoAugmentLoader(
             splits_x, splits_y, batch_size, device, mean, std,
             shuffle=shuffle, drop_last=drop_last, seed=seed, num_workers=num_workers,
-            pad_mode=pad_mode, cutout_per_image=cutout_per_image,
+            pad_mode=pad_mode, cutout_per_image=cutout_per_image, **options,
         )
     if augment not in AUGMENTS:
         raise UserError(f"unknown augment {augment!r}: set it to one of {', '.join(AUGMENTS)}")
     return DeviceLoader(
         splits_x, splits_y, batch_size, device, mean, std,
         augment=augment, shuffle=shuffle, drop_last=drop_last, seed=seed, pad_mode=pad_mode,
-        cutout_per_image=cutout_per_image,
+        cutout_per_image=cutout_per_image, **options,
     )

@@ -115,6 +115,7 @@ class PyramidNet(nn.Module):
         bottleneck: bool = True,
         shakedrop: bool = False,
         style: str = "pytorch",
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         check_style(style)
@@ -125,7 +126,7 @@ class PyramidNet(nn.Module):
         num_blocks = 3 * n
         add_rate = alpha / num_blocks
 
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         blocks: list[PyramidBlock] = []
         in_planes, width = 16, 16.0

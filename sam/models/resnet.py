@@ -59,9 +59,9 @@ class PadShortcut(nn.Module):
 class ResNet18(nn.Module):
     """CIFAR ResNet-18: 3x3 stem, four stages of two basic blocks (64/128/256/512 channels)."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         blocks: list[nn.Module] = []
         in_planes = 64
@@ -84,12 +84,13 @@ class ResNet18(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-``depth`` (depth = 6n+2: 20, 32, 44, 56, 110) for CIFAR, 16/32/64 channels."""
 
-    def __init__(self, depth: int, num_classes: int, shortcut: str = "A") -> None:
+    def __init__(self, depth: int, num_classes: int, shortcut: str = "A",
+                 in_channels: int = 3) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CifarResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         blocks: list[nn.Module] = []
         in_planes = 16

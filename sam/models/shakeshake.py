@@ -90,20 +90,22 @@ class ShakeBlock(ShakeModule):
 
 
 class ShakeShake(nn.Module):
-    """Shake-Shake-``depth`` 2x``base_width``d for 32x32 inputs (depth = 6n+2).
+    """Shake-Shake-``depth`` 2x``base_width``d for 32x32 inputs (28x28 too) of ``in_channels``
+    channels (depth = 6n+2).
 
     ``style``: "pytorch" or "official" (google-research/sam), see the module docstring.
     """
 
     def __init__(
-        self, depth: int, base_width: int, num_classes: int, style: str = "pytorch"
+        self, depth: int, base_width: int, num_classes: int, style: str = "pytorch",
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         check_style(style)
         if (depth - 2) % 6 != 0:
             raise ValueError(f"ShakeShake depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         blocks: list[nn.Module] = []
         in_planes = 16

@@ -69,7 +69,8 @@ class WideBasicBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-``depth``-``widen_factor`` for 32x32 inputs; ``dropout`` is applied inside blocks.
+    """WRN-``depth``-``widen_factor`` for 32x32 inputs (28x28 too) of ``in_channels``
+    channels; ``dropout`` is applied inside blocks.
 
     ``style``: "pytorch" or "official" (google-research/sam), see the module docstring.
     """
@@ -81,6 +82,7 @@ class WideResNet(nn.Module):
         num_classes: int,
         dropout: float = 0.0,
         style: str = "pytorch",
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         check_style(style)
@@ -89,7 +91,7 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
 
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
         blocks: list[nn.Module] = []
         in_planes = widths[0]
         for stage, out_planes in enumerate(widths[1:]):

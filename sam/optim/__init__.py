@@ -18,22 +18,31 @@ sam.py holds the optimizer (the paper's eqs. 2-3, GradScaler), descent.py the de
 step it shares with plain runs (``Descent``: weight-decay mode, exact clipping),
 perturbation.py the ascent formulas (p=2, p=inf, ASAM), step.py ``sam_step`` (with
 passes.py, shards.py and vmap.py for m-sharpness, ddp.py for DistributedDataParallel),
-batchnorm.py and rng.py what the two passes of a step need.
+batchnorm.py and rng.py what the two passes of a step need. Beside the core: the
+paper's ablations (ablations.py), GSAM (gsam.py), LookSAM (looksam.py) and SAM-ON's
+per-group rho (variants.py); docs/variants.md.
 """
 
 from .batchnorm import fp32_batchnorm_inputs, frozen_bn_stats, ghost_batchnorm
 from .descent import Descent, clip_by_global_norm_
+from .gsam import GSAM
+from .looksam import LookSAM
 from .rng import RngReplay
 from .sam import SAM
 from .step import sam_step
+from .variants import param_groups, variant_label
 
 __all__ = [
+    "GSAM",
     "SAM",
     "Descent",
+    "LookSAM",
     "RngReplay",
     "clip_by_global_norm_",
     "fp32_batchnorm_inputs",
     "frozen_bn_stats",
     "ghost_batchnorm",
+    "param_groups",
     "sam_step",
+    "variant_label",
 ]

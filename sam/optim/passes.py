@@ -38,6 +38,16 @@ AscentContext = Callable[[], AbstractContextManager] | None
 def _sam_shard(model, optimizer, loss_fn, x, y, amp_dtype, scaler,
                ascent_sync: DistributedDataParallel | None = None,
                ascent_context: AscentContext = None) -> tuple[Tensor, Tensor]:
+    """SAM's passes on one batch or shard (``_sam_passes``), or those of a variant or
+    ablation that has its own (``optimizer.shard_passes``, same arguments)."""
+    passes = optimizer.shard_passes or _sam_passes
+    return passes(model, optimizer, loss_fn, x, y, amp_dtype, scaler, ascent_sync,
+                  ascent_context)
+
+
+def _sam_passes(model, optimizer, loss_fn, x, y, amp_dtype, scaler,
+                ascent_sync: DistributedDataParallel | None = None,
+                ascent_context: AscentContext = None) -> tuple[Tensor, Tensor]:
     """Clean pass, ascent, perturbed pass, restore: p.grad holds grad L(w + eps).
     With ``ascent_sync`` (a DDP model) the clean gradient is first averaged over ranks;
     the clean pass runs inside ``ascent_context()`` when given."""

@@ -3,7 +3,8 @@ one optimizer group (foreach lists) and for k shards at once (vmap, leading axis
 
 With g the ascent gradient, grad L_S(w) + l2 w (l2 = 0 unless wd_mode="loss"):
 
-    p = 2:    eps = rho g / ||g||_2     (the norm over ALL parameters of all groups)
+    p = 2:    eps = rho g / ||g||_2     (the norm over ALL parameters of all groups
+                                         with rho > 0; a group's own rho scales its eps)
     p = inf:  eps = rho sign(g)
 
 ASAM (adaptive=True, Kwon et al. 2021) uses T_w = |w| + eta on every parameter:
@@ -18,6 +19,7 @@ adaptive=False to match it.) A zero gradient gives eps exactly 0 (``_GUARD``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -39,11 +41,12 @@ def _ascent_grads(group: dict, params: list[Tensor]) -> list[Tensor]:
 
 def _ascent_norm(groups: list[dict], scales: Callable) -> Tensor:
     """||T_w g||_2 over all groups and parameters, the denominator of eps for p=2
-    (T_w = ``scales(group, params)`` in an ASAM group, 1 elsewhere)."""
+    (T_w = ``scales(group, params)`` in an ASAM group, 1 elsewhere); a group with rho 0
+    is not perturbed and not in the norm (SAM-ON: the norm over the perturbed groups)."""
     norms = []
     for group in groups:
         params = _with_grad(group)
-        if not params:
+        if not params or not group["rho"]:
             continue
         grads = _ascent_grads(group, params)
         if group["adaptive"]:
@@ -90,7 +93,7 @@ def _shard_perturbed(groups: dict[str, dict], params: dict[str, Tensor],
         a = grads[n] + group["l2"] * w if group["l2"] else grads[n]
         t = w.abs() + group["eta"] if group["adaptive"] else None
         ascent[n], scales[n] = a, t
-        if group["p"] == 2:
+        if group["p"] == 2 and group["rho"]:
             sq = sq + (a * t if t is not None else a).flatten(1).pow(2).sum(1)
     norm = sq.sqrt()
     out = {}
@@ -104,3 +107,12 @@ def _shard_perturbed(groups: dict[str, dict], params: dict[str, Tensor],
             e = e * t if t is not None else e
         out[n] = w + e
     return out
+
+
+def keep_clean_grads(optimizer: Any) -> None:
+    """state[p]["clean_g"] <- g + l2 w for every parameter with a gradient: the clean-pass
+    ascent gradient that GSAM and LookSAM combine with the gradient at w + eps."""
+    for group in optimizer.param_groups:
+        params = _with_grad(group)
+        for p, a in zip(params, _ascent_grads(group, params), strict=True):
+            optimizer.state[p]["clean_g"] = a.clone()

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .ablations import ablation_passes
 from .batchnorm import frozen_bn_stats
 from .descent import Descent
 from .perturbation import _asam_stretch_, _ascent_grads, _ascent_norm, _eps, _with_grad
@@ -41,7 +42,13 @@ class SAM(Descent):
     Ascent: eps = rho g / ||g||_2 (p=2, norm over ALL parameters of all groups) or
     eps = rho sign(g) (p=inf); ASAM (adaptive=True) scales by T_w = |w| + eta.
     Descent: the gradient taken at w + eps drives the base optimizer from the
-    restored (bit-identical) w.
+    restored (bit-identical) w. A group's own ``rho`` scales its eps; a group with rho 0
+    is not perturbed and left out of ||g|| (SAM-ON: variants.py).
+
+    The paper's ablations (ablations.py; taken by ``sam_step``): ``ascent_steps=k``
+    (projected normalized-gradient ascent), ``second_order=True`` (the exact gradient
+    of L(w + eps(w))), ``ascent="random"`` (eps = rho z/||z||, z ~ N(0, I) drawn from
+    ``seed`` and the draw count).
     """
 
     def __init__(
@@ -54,6 +61,10 @@ class SAM(Descent):
         eta: float = 0.01,
         wd_mode: str = "base",
         max_grad_norm: float | None = None,
+        ascent_steps: int = 1,
+        second_order: bool = False,
+        ascent: str = "gradient",
+        seed: int = 0,
         **base_kwargs: Any,
     ) -> None:
         if rho < 0:
@@ -65,6 +76,19 @@ class SAM(Descent):
                          **base_kwargs)
         self.perturbed = False
         self._moved: list[Tensor] = []  # what first_step perturbed: exactly what is restored
+        # the paper's ablations (App. C.4-C.6): their passes live in ablations.py
+        self.ascent_steps, self.second_order, self.ascent = ascent_steps, second_order, ascent
+        self.seed = seed
+        if (ascent_steps, second_order, ascent) != (1, False, "gradient"):
+            self.shard_passes = ablation_passes(self)
+            self.shards = "loop"
+
+    # sam_step's passes on one shard (passes.py); a variant or ablation sets its own
+    shard_passes: Callable | None = None
+    # how sam_step may split a batch: "vmap" (m-sharpness shards, looped or batched with
+    # _shard_perturbed's formulas, and DDP ranks), "loop" (no batched shards) or "none"
+    # (state kept per process: neither shards nor ranks)
+    shards = "vmap"
 
     @staticmethod
     def _scales(group: dict, params: list[Tensor]) -> list[Tensor]:
@@ -144,6 +168,9 @@ class SAM(Descent):
         second updates them too). Returns the loss at w."""
         if closure is None:
             raise ValueError("SAM.step needs a closure; or call first_step/second_step")
+        if self.shard_passes is not None:
+            raise ValueError(f"{type(self).__name__} with these options takes its steps "
+                             "with sam_step")
         self.zero_grad()
         rng = RngReplay(self.param_groups[0]["params"][0].device)
         with torch.enable_grad():

@@ -110,6 +110,9 @@ def sam_step(
             if scaler is not None and any(g["l2"] for g in sam.param_groups):
                 raise ValueError("GradScaler with wd_mode='loss' is not supported; use bf16 "
                                  "or 'base'")
+            if sam.shards == "none" and (shards > 1 or ddp is not None):
+                raise ValueError(f"{type(sam).__name__} keeps per-process state: it runs "
+                                 "without m-sharpness shards (m=None) and DDP ranks")
             ascent_sync = ddp if sync_ascent else None
             if ascent_sync is not None and shards > 1:
                 raise ValueError(f"sync_ascent averages the ascent over the ranks: it needs "

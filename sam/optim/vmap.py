@@ -27,6 +27,11 @@ def _vmap_wanted(impl: str, optimizer: SAM, device: torch.device, shards: int,
     """Whether the k shards run batched with vmap (see sam_step's ``shard_impl``)."""
     if impl not in ("auto", "loop", "vmap"):
         raise ValueError(f"shard_impl must be auto, loop or vmap, got {impl!r}")
+    if optimizer.shards != "vmap":  # a variant's own passes: the loop runs them
+        if impl == "vmap":
+            raise ValueError(f"{type(optimizer).__name__} with these options runs its "
+                             "shards in a loop: use shard_impl='loop' or 'auto'")
+        return False
     if impl != "auto":
         return impl == "vmap"
     numel = sum(p.numel() for g in optimizer.param_groups for p in g["params"])

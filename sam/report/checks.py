@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from sam.report.rows import cell_order, group_order, runs_by_cell
-from sam.report.runs import OPTIMS, GroupKey, run_precision, shard_m, training_config
+from sam.report.rows import cell_order, group_order, optim_order, runs_by_cell
+from sam.report.runs import GroupKey, run_precision, shard_m, training_config
 from sam.report.tables import m_text
 from sam.results import flat_config
 
@@ -81,7 +81,7 @@ def _row_warnings(cells: dict[tuple[Any, ...], list[dict]]) -> list[str]:
     notes: list[str] = []
     by_group: dict[GroupKey, dict[tuple[Any, ...], list[dict]]] = defaultdict(dict)
     for cell, runs in sorted(cells.items(), key=lambda kv: (
-            group_order(kv[0][0]), OPTIMS.index(kv[0][1]), cell_order(kv[0][2]))):
+            group_order(kv[0][0]), optim_order(kv[0][1]), cell_order(kv[0][2]))):
         by_group[cell[0]][cell] = runs
     for key, mine in by_group.items():
         for name in (*UNIFORM_KEYS, "precision"):

@@ -23,7 +23,7 @@ from sam.report.rows import (
     runs_by_group,
     sgd_runs_by_m,
 )
-from sam.report.runs import GroupKey, Setting, final_errors, sam_setting
+from sam.report.runs import GroupKey, Setting, final_errors, sam_setting, variant
 from sam.report.stats import t_interval
 from sam.results import atomic_write
 
@@ -58,7 +58,8 @@ def _curve_label(optim: str, setting: Setting, runs: list[dict]) -> str:
     rho, m = setting
     if optim == "sgd":
         return "SGD" + ("" if m is None else f" m = {m}") + f" (n={len(runs)})"
-    return f"SAM rho={rho} {_m_label(m, batch_sizes_of(runs))} (n={len(runs)})"
+    name = "SAM" if optim == "sam" else optim  # a variant: its name
+    return f"{name} rho={rho} {_m_label(m, batch_sizes_of(runs))} (n={len(runs)})"
 
 
 # --------------------------------------------------------------------------- m-sharpness
@@ -66,7 +67,7 @@ def _curve_label(optim: str, setting: Setting, runs: list[dict]) -> str:
 
 def _msharpness_axes(key: GroupKey, runs: list[dict], ax: Any) -> None:
     """Test error vs rho for one group: one line per m (mean ± t half-width), SGD dashed."""
-    sam_runs = [r for r in runs if r["summary"]["optim"] == "sam"]
+    sam_runs = [r for r in runs if variant(r) == "sam"]  # plain SAM: not its variants
     by_m: dict[int | None, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for run in sam_runs:
         rho, m = sam_setting(run)
@@ -90,7 +91,7 @@ def _msharpness_axes(key: GroupKey, runs: list[dict], ax: Any) -> None:
 
 
 def _rho_count(runs: list[dict]) -> int:
-    return len({sam_setting(r)[0] for r in runs if r["summary"]["optim"] == "sam"})
+    return len({sam_setting(r)[0] for r in runs if variant(r) == "sam"})
 
 
 def plot_msharpness(complete: list[dict], path: Path) -> bool:

@@ -19,9 +19,10 @@ from sam.results import RESULTS_FILE, comparable_config, read_json
 # eval_split: "test" (the official test set) or "val" (the held-out tail of the training
 # set); fidelity: "official" (trained as google-research/sam) or "pytorch" (as davda54/sam).
 # results.json files from before either was recorded evaluated on the test set and
-# trained as "pytorch". Read a key's fields by name (``group_fields``), never by position.
-GROUP_KEYS = ("dataset", "model", "augment", "epochs", "eval_split", "fidelity")
-GROUP_DEFAULTS = {"eval_split": "test", "fidelity": "pytorch"}
+# trained as "pytorch"; label_noise: the fraction of noisy training labels (0.0 before it
+# was recorded). Read a key's fields by name (``group_fields``), never by position.
+GROUP_KEYS = ("dataset", "model", "augment", "epochs", "eval_split", "fidelity", "label_noise")
+GROUP_DEFAULTS = {"eval_split": "test", "fidelity": "pytorch", "label_noise": 0.0}
 OPTIMS = ("sgd", "sam")
 
 GroupKey = tuple[Any, ...]  # values of GROUP_KEYS
@@ -166,6 +167,26 @@ def shard_m(run: dict[str, Any]) -> int | None:
     summary = run["summary"]
     m = summary.get("m")
     return None if m is not None and m == summary.get("batch_size") else m
+
+
+def variant(run: dict[str, Any]) -> str | None:
+    """A SAM run's variant (summary.variant, e.g. "gsam", "sam ascent_steps=2"; "sam" for
+    a run recorded before variants were), None for SGD."""
+    summary = run["summary"]
+    return (summary.get("variant") or "sam") if summary["optim"] == "sam" else None
+
+
+def cell_optim(run: dict[str, Any]) -> str:
+    """What a table cell holds: "sgd", or the SAM variant ("sam" for plain SAM)."""
+    return variant(run) or run["summary"]["optim"]
+
+
+def images_per_sec(run: dict[str, Any]) -> float | None:
+    """The run's mean training throughput (results.json ``images_per_sec``), or None."""
+    value = run.get("images_per_sec")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
 
 
 def sam_setting(run: dict[str, Any]) -> Setting:

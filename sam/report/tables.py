@@ -6,7 +6,9 @@ runs trained in ("bf16, fp32" when they differ), then the cells. A cell reads
 ``x_bar ± h (n=k)`` (mean and 95% t half-width over k seeds, see :mod:`sam.report.stats`),
 or ``x_bar (n=1)`` for a single seed. ``m`` reads ``B`` (or ``B=128`` when the batch size
 is known) for m-sharpness over the whole batch. Group keys are read by name
-(``group_fields``), so another key needs no change here.
+(``group_fields``), so another key needs no change here. When a SAM variant is among the
+runs (docs/variants.md) the table also has a ``variant`` column before rho and, at the
+end, the cost: each cell's mean images/s and the SAM cell's time per image over SGD's.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ TABLE_HEADER = [
     "paper SAM",
     "SAM - SGD",
 ]
+VARIANT_COLUMN = "variant"  # before "rho", when variants are compared
+COST_COLUMNS = ["SGD img/s", "SAM img/s", "SAM/SGD time"]  # then at the end
 
 CSV_FIELDS = [
     *GROUP_KEYS,
@@ -51,6 +55,10 @@ CSV_FIELDS = [
     "sam_half_width",
     "paper_sam",
     "sam_minus_sgd",
+    "variant",
+    "sgd_images_per_sec",
+    "sam_images_per_sec",
+    "sam_sgd_time_ratio",
 ]
 
 
@@ -98,8 +106,27 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]
 # --------------------------------------------------------------------------- Markdown
 
 
+def compares_variants(rows: list[Row]) -> bool:
+    """Whether a row holds a SAM variant other than plain SAM (the variant columns show)."""
+    return any(row.variant not in (None, "sam") for row in rows)
+
+
+def table_header(rows: list[Row]) -> list[str]:
+    """TABLE_HEADER, with the variant and cost columns when ``compares_variants``."""
+    if not compares_variants(rows):
+        return TABLE_HEADER
+    at = TABLE_HEADER.index("rho")
+    return [*TABLE_HEADER[:at], VARIANT_COLUMN, *TABLE_HEADER[at:], *COST_COLUMNS]
+
+
+def _ips_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def table_lines(rows: list[Row]) -> list[str]:
-    """The Markdown table of test errors (%)."""
+    """The Markdown table of test errors (%), with the variant and cost columns when
+    ``compares_variants``."""
+    variants = compares_variants(rows)
     body = []
     for row in rows:
         if row.setting is None:  # SGD only: its m
@@ -122,7 +149,12 @@ def table_lines(rows: list[Row]) -> list[str]:
                 "-" if row.diff is None else f"{row.diff:+.2f}",
             ]
         )
-    return _md_table(TABLE_HEADER, body)
+        if variants:
+            body[-1].insert(len(row.group), row.variant or "sgd")
+            ratio = row.time_ratio
+            body[-1] += [_ips_text(row.sgd_ips), _ips_text(row.sam_ips),
+                         "-" if ratio is None else f"{ratio:.2f}"]
+    return _md_table(table_header(rows), body)
 
 
 def sgd_budget_lines(rows: list[Row]) -> list[str]:
@@ -139,6 +171,8 @@ def sgd_budget_lines(rows: list[Row]) -> list[str]:
         sam_minus = f"{row.sam.mean - best:+.2f}" if row.sam is not None else "-"
         rho, m = ("-", "-") if row.setting is None else \
             (str(row.setting[0]), m_text(row.setting[1], row.batch_sizes))
+        if row.variant not in (None, "sam"):
+            rho += f" ({row.variant})"
         lines.append([*row.group, format_cell(row.sgd), format_cell(longer), f"{best:.2f}",
                       rho, m, sam_minus])
     if not lines:
@@ -155,6 +189,8 @@ def _setting_text(run: dict[str, Any]) -> str:
     text = "/".join(str(group_value(summary, k)) for k in GROUP_KEYS)
     text += f" {summary.get('optim')}"
     if summary.get("optim") == "sam":
+        if summary.get("variant") not in (None, "sam"):
+            text += f" {summary['variant']}"
         text += f" rho={summary.get('rho')} m={m_text(summary.get('m'))}"
     return text + f" seed={summary.get('seed')}"
 
@@ -206,5 +242,7 @@ def csv_text(rows: list[Row]) -> str:
                 cells += [stats.n, _num(stats.mean), _num(stats.std), _num(stats.half_width)]
             cells.append("" if row.paper is None else paper_mean(row.paper[index]))
         cells.append(_num(row.diff))
+        cells += [row.variant or "", _num(row.sgd_ips), _num(row.sam_ips),
+                  _num(row.time_ratio)]
         writer.writerow(cells)
     return buffer.getvalue()

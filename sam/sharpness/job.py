@@ -67,7 +67,7 @@ def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
 
     device = resolve_device(cfg.device)
     model = instantiate(run_cfg.model)
-    _load_weights(model, state.get("model", state), ckpt_path)
+    load_weights(model, state.get("model", state), ckpt_path)
     model.to(device)
     splits = load_splits(run_cfg)
     x, y = fixed_subset(splits.train_x, splits.train_y, cfg.images, cfg.seed, splits.mean,
@@ -186,8 +186,9 @@ def _results(run_dir: Path | None) -> dict[str, Any]:
         return {}
 
 
-def _load_weights(model: torch.nn.Module, weights: dict[str, Any], path: Path) -> None:
-    """Load a state dict, dropping the prefixes of DDP (``module.``) and torch.compile."""
+def load_weights(model: torch.nn.Module, weights: dict[str, Any], path: Path) -> None:
+    """Load a state dict, dropping the prefixes of DDP (``module.``) and torch.compile;
+    UserError naming the checkpoint ``path`` when it does not fit the model."""
     for prefix in ("module.", "_orig_mod."):
         if weights and all(k.startswith(prefix) for k in weights):
             weights = {k[len(prefix):]: v for k, v in weights.items()}

@@ -8,6 +8,10 @@
 - :mod:`~sam.train.checkpoint`: the run directory across invocations: resume and its checks.
 - :mod:`~sam.train.record`: the results dict (results.json) and TensorBoard.
 - :mod:`~sam.train.schedules`: the learning-rate schedules (configs/schedule/).
+- :mod:`~sam.train.saving`: when checkpoints are written (epochs, ``checkpoint_every_steps``,
+  a stop signal); :mod:`~sam.train.preemption`: SIGTERM/SIGUSR1 -> :class:`Preempted`;
+  :mod:`~sam.train.lock`: one process per run directory (:class:`RunDirBusy`);
+  :mod:`~sam.train.writes`: a failed write (full disk) as :class:`WriteFailed`.
 """
 
 from sam.data import load_splits  # kept here for old imports: lives in sam.data
@@ -26,18 +30,26 @@ from sam.train.checkpoint import (
     resume,
     write_invocation,
 )
+from sam.train.lock import RunDirBusy, RunLock
 from sam.train.loop import Diverged, EpochMeter, evaluate, train_epoch
+from sam.train.preemption import Preempted, StopRequest
 from sam.train.runner import run
 from sam.train.schedules import cosine_schedule, step_schedule
 from sam.train.validation import validate
+from sam.train.writes import WriteFailed
 
 __all__ = [
     "SEMANTICS",
     "Data",
     "Diverged",
     "EpochMeter",
+    "Preempted",
     "RunDir",
+    "RunDirBusy",
+    "RunLock",
     "Setup",
+    "StopRequest",
+    "WriteFailed",
     "_previous_results",
     "_refuse_changed_semantics",
     "_refuse_other_config",

@@ -16,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sam import distributed
-from sam.data import augment_options, load_splits, make_loader
+from sam.data import augment_options, dataset_options, load_splits, make_loader
 from sam.errors import UserError
+from sam.optim import param_groups
 from sam.runtime import amp_settings, seed_everything
 
 
@@ -80,7 +81,7 @@ def build_data(cfg: DictConfig, device: torch.device) -> Data:
     common = dict(device=device, mean=splits.mean, std=splits.std, seed=cfg.seed)
     train = make_loader(splits.train_x, splits.train_y, batch_size=cfg.batch_size,
                         augment=cfg.augment.name, shuffle=True, drop_last=True,
-                        **augment_options(cfg.augment), **common)
+                        **augment_options(cfg.augment), **dataset_options(d), **common)
     evaluation = make_loader(eval_x, eval_y, batch_size=cfg.eval_batch_size, augment="none",
                              shuffle=False, drop_last=False, num_workers=0, **common)
     return Data(train, evaluation, splits.num_classes, splits.name,
@@ -88,7 +89,17 @@ def build_data(cfg: DictConfig, device: torch.device) -> Data:
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Instantiate the optim group (a partial of SAM or SGD) on the model's parameters."""
+    """Instantiate the optim group (a partial of SAM, a SAM variant or SGD) on the model's
+    parameters: SAM's param groups by ``optim.perturb`` (SAM-ON: norm layers only), the
+    run's seed for ``optim.ascent=random``."""
     optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
     del optim_cfg["name"]
-    return instantiate(optim_cfg)(model.parameters())
+    optim_cfg.pop("variant", None)
+    perturb = optim_cfg.pop("perturb", "all")
+    try:
+        params = param_groups(model, optim_cfg.get("rho", 0.0), perturb)
+    except ValueError as err:  # SAM-ON on a model without normalization layers
+        raise UserError(f"{err}: use optim.perturb=all (or a model with them)") from None
+    if optim_cfg.get("ascent") == "random":
+        optim_cfg["seed"] = cfg.seed
+    return instantiate(optim_cfg)(params)

@@ -55,33 +55,66 @@ class RunDir:
         return self.path / "checkpoints" / "last.pt"
 
 
+@dataclass(frozen=True)
+class Start:
+    """Where a run (re)starts: ``epoch`` (from 0) is the first epoch to train; ``fresh``:
+    no checkpoint was found; inside a checkpointed epoch, ``meter`` is this rank's
+    ``EpochMeter.state_dict()`` after ``step`` steps and ``elapsed_s`` the epoch's time
+    so far (the training loader is already positioned there)."""
+
+    epoch: int
+    fresh: bool
+    step: int = 0
+    meter: dict | None = None
+    elapsed_s: float = 0.0
+
+
 def resume(cfg: DictConfig, setup: Setup, run_dir: RunDir, config: dict,
-           results: dict) -> tuple[int, bool]:
+           results: dict) -> Start:
     """Continue from the directory's checkpoint, if it has one: load it into ``setup`` and
-    its history into ``results``. Returns (the first epoch to train, whether no checkpoint
-    was found); UserError when this config may not continue it."""
+    its history into ``results``; a checkpoint taken inside an epoch also positions the
+    training loader there. UserError when this config may not continue it."""
     state, _, note = load_checkpoint(run_dir.checkpoint)
     if note:
         log.warning(note)
     if state is None:
-        return 0, True
+        return Start(0, True)
     _refuse_other_config(state["config"], config, run_dir.path)
     _refuse_changed_semantics(state, cfg, run_dir.path)
     _refuse_other_world_size(state, run_dir.path)
     restore(state, setup)
-    start_epoch = state["epoch"]
     results.update(history=state["history"], wall_time_s=state["wall_time_s"],
                    started_at=state["started_at"])
-    log.info("resuming %s from epoch %d", run_dir.path, start_epoch)
     if note := precision_change(state["history"], results["precision"]):
         log.warning(note)
-    return start_epoch, False
+    start = Start(state["epoch"], False)
+    if (position := state.get("position")) is not None:
+        setup.data.train.resume_at(position["loader"])
+        ranks = position.get("meter_ranks")
+        start = Start(state["epoch"], False, position["loader"]["step"],
+                      ranks[distributed.rank()] if ranks else position["meter"],
+                      position["elapsed_s"])
+    log.info("resuming %s from epoch %d%s", run_dir.path, start.epoch + bool(start.step),
+             f", step {start.step}" if start.step else "")
+    return start
 
 
-def checkpoint_state(setup: Setup, epoch: int, results: dict, rng_ranks: Any) -> dict:
+def inside_epoch(setup: Setup, meter: Any, elapsed_s: float) -> dict:
+    """A checkpoint's ``position`` inside an epoch: the training loader's (epoch, step,
+    generator states), every rank's epoch sums (``meter``) and the epoch's time so far.
+    Under DDP a collective: every rank calls it at the same step."""
+    meter_state = meter.state_dict()
+    return {"loader": setup.data.train.position(), "meter": meter_state,
+            "meter_ranks": distributed.all_gather_object(meter_state),
+            "elapsed_s": elapsed_s}
+
+
+def checkpoint_state(setup: Setup, epoch: int, results: dict, rng_ranks: Any,
+                     position: dict | None = None) -> dict:
     """Everything a resumed run needs to continue exactly: weights, optimizer, schedule,
     loss scale, RNG states (``rng_ranks``: every rank's, under DDP), the config and the
-    history so far (from ``results``)."""
+    history so far (from ``results``). ``epoch``: the epochs finished; ``position``
+    (``inside_epoch``) when the checkpoint is taken inside the next one."""
     scaler = setup.scaler
     return {
         "model": setup.net.state_dict(), "optimizer": setup.optimizer.state_dict(),
@@ -90,7 +123,7 @@ def checkpoint_state(setup: Setup, epoch: int, results: dict, rng_ranks: Any) ->
         "epoch": epoch, "config": results["config"], "history": results["history"],
         "wall_time_s": results["wall_time_s"], "started_at": results["started_at"],
         "rng": rng_state(setup.device), "rng_ranks": rng_ranks,
-        "semantics": SEMANTICS,
+        "semantics": SEMANTICS, "position": position,
     }
 
 

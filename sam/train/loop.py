@@ -8,6 +8,7 @@ cross-entropy and error over the evaluation set. Both sum across ranks under DDP
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -73,9 +74,28 @@ class EpochMeter:
         if self._copied is not None:
             self._copied.record()
 
+    def check_now(self) -> None:
+        """Diverged if any step so far had a NaN/inf loss on any rank, read at once
+        (before a checkpoint inside the epoch: never save diverged weights)."""
+        _raise_if_bad(int(distributed.first_step_across_ranks(self.first_bad)))
+
+    def state_dict(self) -> dict:
+        """The sums so far, copied to the host (a checkpoint inside an epoch)."""
+        return {"loss_sum": self.loss_sum.detach().cpu(), "wrong": self.wrong.cpu(),
+                "first_bad": self.first_bad.cpu(), "seen": self.seen, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict()``: the next update adds to the same sums, so the
+        epoch's totals are those of an uninterrupted epoch bit for bit."""
+        device = self.loss_sum.device
+        self.loss_sum = state["loss_sum"].to(device)
+        self.wrong = state["wrong"].to(device)
+        self.first_bad = state["first_bad"].to(device)
+        self.seen, self.steps = state["seen"], state["steps"]
+
     def result(self) -> tuple[float, float, int]:
         """(mean loss, error %, images) over all ranks; Diverged if any loss was NaN/inf."""
-        _raise_if_bad(int(distributed.first_step_across_ranks(self.first_bad)))
+        self.check_now()
         loss_sum, wrong, seen = distributed.sum_across_ranks(self.loss_sum, self.wrong,
                                                              self.seen)  # under DDP
         return loss_sum.item() / seen, 100.0 * wrong.item() / seen, seen
@@ -86,11 +106,18 @@ def _raise_if_bad(first_bad: int) -> None:
         raise Diverged(first_bad)
 
 
-def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, device, progress):
+def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, device, progress,
+                *, meter: EpochMeter | None = None,
+                after_step: Callable[[EpochMeter], bool] | None = None):
     """One epoch of sam_step; returns (mean loss, error %, images) read once at the end
-    (Diverged on a NaN/inf loss: see EpochMeter)."""
+    (Diverged on a NaN/inf loss: see EpochMeter).
+
+    ``meter``: the epoch's sums so far (a resumed epoch), else a new one. ``after_step``
+    is called after every step with the meter (``meter.steps``: steps done); when it
+    returns True the epoch stops there and None is returned (a checkpoint and exit).
+    """
     model.train()
-    meter = EpochMeter(device, cfg.nan_check_every)
+    meter = meter if meter is not None else EpochMeter(device, cfg.nan_check_every)
     channels_last = bool(cfg.channels_last)
     local_m, sync_ascent = distributed.local_m(cfg), cfg.get("ddp_sync_ascent", False)
     ascent_context = None
@@ -107,6 +134,8 @@ def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, dev
                              ascent_context=ascent_context)
         scheduler.step()
         meter.update(loss, out, y)
+        if after_step is not None and after_step(meter):
+            return None
     return meter.result()
 
 

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from sam import distributed
+from sam.optim import variant_label
 from sam.results import SCHEMA_VERSION
 from sam.runtime import device_name, precision_name, versions
 from sam.train.build import Setup
@@ -27,6 +28,9 @@ def new_results(cfg: DictConfig, setup: Setup, config: dict, overrides: list[str
         "schema_version": SCHEMA_VERSION, "status": "running", "error": None,
         "summary": _summary(cfg, choices or {}, data.name, data.eval_split),
         "overrides": list(overrides or []), "config": config, "data_source": data.source,
+        "label_noise": getattr(data.splits, "label_noise", None),  # its record, or None
+        # why synthetic data replaced the dataset (dataset.fallback_synthetic), or None
+        "synthetic_fallback": getattr(data.splits, "fallback", None),
         "history": [], "final": None, "wall_time_s": 0.0, "images_per_sec": None,
         "device": device_name(setup.device), "precision": precision_name(setup.amp_dtype),
         "versions": versions(),
@@ -102,10 +106,12 @@ def _summary(cfg: DictConfig, choices: dict[str, str], data_name: str, eval_spli
     return {"dataset": data_name, "model": choices.get("model", cfg.model._target_),
             "augment": cfg.augment.name, "optim": cfg.optim.name,
             "rho": cfg.optim.rho if is_sam else None, "m": cfg.m,  # SGD: BatchNorm shards
+            "variant": variant_label(cfg.optim) if is_sam else None,  # docs/variants.md
             "epochs": cfg.epochs, "seed": cfg.seed, "batch_size": cfg.batch_size,
             # what the optimizer got (the long forms optim.lr / optim.weight_decay too)
             "lr": cfg.optim.get("lr", cfg.lr), "lam": cfg.optim.get("weight_decay", cfg.lam),
             "eval_split": eval_split,
+            "label_noise": cfg.dataset.get("label_noise", 0.0),
             "fidelity": cfg.fidelity.name if "fidelity" in cfg else "pytorch"}
 
 

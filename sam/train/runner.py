@@ -1,12 +1,16 @@
 """One training run, resumable: ``run(cfg, run_dir)`` as a short list of named steps.
 
-    validate -> prepare (join the ranks, find the run directory) -> already complete? done
-    -> build -> resume or start -> open the run directory -> train the epochs -> finish
+    validate -> prepare (join the ranks, find the run directory) -> lock it -> already
+    complete? done -> build -> resume or start -> open the run directory -> train the
+    epochs -> finish
 
 Every epoch trains with ``sam_step`` (:mod:`sam.train.loop`), evaluates, logs to
-TensorBoard, checkpoints ``checkpoints/last.pt`` and rewrites ``results.json``. A failure
-(or a NaN/inf loss) is recorded in results.json before it propagates; the last good
-checkpoint is kept.
+TensorBoard, checkpoints ``checkpoints/last.pt`` and rewrites ``results.json``
+(:mod:`sam.train.saving`: also every ``checkpoint_every_steps`` steps, and at the step
+where SIGTERM/SIGUSR1 arrived, then :class:`~sam.train.preemption.Preempted` ends the
+run). A failure (a NaN/inf loss, a full disk: :mod:`sam.train.writes`) is recorded in
+results.json where the disk still allows before it propagates; the last good checkpoint
+is kept. One process at a time works in a run directory (:mod:`sam.train.lock`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +27,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sam import distributed
-from sam.results import remove_stale_temps, save_checkpoint, write_json
+from sam.errors import UserError
+from sam.results import remove_stale_temps, write_json
 from sam.runtime import resolve_device
 from sam.sharpness import epoch_sharpness
 from sam.train.build import Setup, build
 from sam.train.checkpoint import (
     RunDir,
+    Start,
     _previous_results,
-    checkpoint_state,
     resume,
     write_invocation,
 )
-from sam.train.loop import Diverged, evaluate, train_epoch
+from sam.train.lock import RunLock
+from sam.train.loop import Diverged, EpochMeter, evaluate, train_epoch
+from sam.train.preemption import Preempted, StopRequest
 from sam.train.record import (
     add_epoch,
     add_failure,
@@ -42,7 +51,9 @@ from sam.train.record import (
     now,
     open_writer,
 )
+from sam.train.saving import Saver
 from sam.train.validation import validate
+from sam.train.writes import quiet_background_writers, writing
 
 log = logging.getLogger("sam.train")  # the package's logger, as before the split
 
@@ -54,31 +65,38 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
 
     ``invocation_files`` (name -> config node, e.g. Hydra's config.yaml, hydra.yaml and
     overrides.yaml) go to ``run_dir/.hydra/`` once the directory is accepted for this
-    config: see :func:`~sam.train.checkpoint.write_invocation`.
+    config: see :func:`~sam.train.checkpoint.write_invocation`. Raises ``Preempted``
+    after the checkpoint when a stop signal came, ``WriteFailed`` when a file could not
+    be written, UserError when another process holds the directory.
     """
     validate(cfg)
     device, directory = prepare(cfg, run_dir)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    previous = _previous_results(directory.results, config)
-    if previous is not None and previous["status"] == "complete":
-        log.info("run in %s is already complete (final test error %.2f%%): nothing to do",
-                 directory.path, previous["final"]["test_error"])
-        return previous
-    setup = build(cfg, device)
-    results = new_results(cfg, setup, config, overrides, choices)
-    start_epoch, fresh = resume(cfg, setup, directory, config, results)
-    progress = _progress_enabled(cfg, multirun) and directory.main
-    writer = open_run_dir(directory, results, start_epoch=start_epoch, fresh=fresh,
-                          invocation_files=invocation_files)
-    try:
-        train_epochs(cfg, setup, directory, results, writer, start_epoch=start_epoch,
-                     progress=progress)
-        finish(results, writer)
-    except BaseException as err:
-        add_failure(results, err)
-        raise
-    finally:
-        close(directory, results, writer)
+    with locked(directory), StopRequest() as stop, quiet_background_writers():
+        config = OmegaConf.to_container(cfg, resolve=True)
+        previous = _previous_results(directory.results, config)
+        if previous is not None and previous["status"] == "complete":
+            log.info("run in %s is already complete (final test error %.2f%%): nothing to do",
+                     directory.path, previous["final"]["test_error"])
+            return previous
+        setup = build(cfg, device)
+        results = new_results(cfg, setup, config, overrides, choices)
+        start = resume(cfg, setup, directory, config, results)
+        progress = _progress_enabled(cfg, multirun) and directory.main
+        writer = open_run_dir(directory, results, start_epoch=start.epoch, fresh=start.fresh,
+                              invocation_files=invocation_files)
+        saver = Saver(cfg, setup, directory, results, stop)
+        try:
+            train_epochs(cfg, setup, saver, results, writer, start=start, progress=progress)
+            with writing(directory.path / "tensorboard"):
+                finish(results, writer)
+        except Preempted as stopped:
+            results.update(status="preempted", error=str(stopped))
+            raise
+        except BaseException as err:
+            add_failure(results, err)
+            raise
+        finally:
+            close(directory, results, writer)
     return results
 
 
@@ -90,51 +108,104 @@ def prepare(cfg: DictConfig, run_dir: str | Path) -> tuple[torch.device, RunDir]
     return device, RunDir(path, main=distributed.is_main())  # only rank 0 logs and writes
 
 
+@contextmanager
+def locked(directory: RunDir) -> Iterator[None]:
+    """Hold the run directory's lock (rank 0 takes it) while the block runs; every rank
+    raises when it is held elsewhere."""
+    lock = RunLock(directory.path) if directory.main else None
+    refused: Exception | None = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except Exception as err:  # told to the other ranks, then raised
+            refused = err
+    message = distributed.broadcast_object(str(refused) if refused else None)
+    if refused is not None:
+        raise refused
+    if message is not None:
+        raise UserError(message)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 def open_run_dir(directory: RunDir, results: dict, *, start_epoch: int, fresh: bool,
                  invocation_files: dict[str, Any] | None):
     """Write the invocation's config files, then (once every rank has read the directory)
     remove temp files a killed write left and write the first results.json. Returns the
     TensorBoard writer."""
     if directory.main and invocation_files:
-        write_invocation(directory.path, invocation_files, fresh=fresh)
+        with writing(directory.path / ".hydra"):
+            write_invocation(directory.path, invocation_files, fresh=fresh)
     distributed.barrier()  # every rank has read the run directory before rank 0 writes
-    writer = open_writer(directory.path, start_epoch, directory.main)
+    with writing(directory.path / "tensorboard"):
+        writer = open_writer(directory.path, start_epoch, directory.main)
     if directory.main:
         for folder in (directory.path, directory.checkpoint.parent):
             remove_stale_temps(folder)
-        write_json(directory.results, results)
+        with writing(directory.results):
+            write_json(directory.results, results)
     return writer
 
 
-def train_epochs(cfg: DictConfig, setup: Setup, directory: RunDir, results: dict, writer, *,
-                 start_epoch: int, progress: bool) -> None:
-    """Train the epochs after ``start_epoch``: each trained, evaluated, logged, measured
-    (``sharpness.every``), added to the history and checkpointed."""
-    for epoch in range(start_epoch, cfg.epochs):
+def train_epochs(cfg: DictConfig, setup: Setup, saver: Saver, results: dict, writer, *,
+                 start: Start, progress: bool) -> None:
+    """Train the epochs from ``start``: each trained, evaluated, logged, measured
+    (``sharpness.every``), added to the history and checkpointed. A stop signal ends
+    it with ``Preempted`` once its checkpoint is written."""
+    events = saver.directory.path / "tensorboard"
+    for epoch in range(start.epoch, cfg.epochs):
+        if epoch > start.epoch or not start.step:  # a stop between epochs: saved already
+            if saver.stop_signal() is not None:
+                raise saver.stop.preempted(epoch + 1, 0) from None
+        inside = epoch == start.epoch and start.meter is not None
         metrics = run_epoch(cfg, setup, epoch, precision=results["precision"],
-                            progress=progress)
-        log_epoch(writer, metrics)
+                            progress=progress, saver=saver,
+                            meter=_meter(cfg, setup, start.meter) if inside else None,
+                            elapsed_s=start.elapsed_s if inside else 0.0)
+        if metrics is None:  # stopped by a signal, checkpoint written
+            raise saver.stop.preempted(epoch + 1, setup.data.train.position()["step"])
+        with writing(events):
+            log_epoch(writer, metrics)
         log.info("epoch %d/%d  train loss %.4f err %.2f%%  %s loss %.4f err %.2f%%  "
                  "%.0f img/s", epoch + 1, cfg.epochs, metrics["train_loss"],
                  metrics["train_error"], setup.data.eval_split, metrics["test_loss"],
                  metrics["test_error"], metrics["images_per_sec"])
-        metrics.update(epoch_sharpness(cfg, setup.net, setup.data.splits, epoch + 1, writer))
+        with writing(events):
+            metrics.update(epoch_sharpness(cfg, setup.net, setup.data.splits, epoch + 1,
+                                           writer))
         add_epoch(results, metrics)
-        save(setup, directory, results, epoch + 1)
+        saver.after_epoch(epoch + 1)
 
 
-def run_epoch(cfg: DictConfig, setup: Setup, epoch: int, *, precision: str,
-              progress: bool) -> dict:
-    """Train epoch ``epoch`` (from 0) and evaluate; returns its metrics for the history
-    (Diverged with the epoch, from 1, on a NaN/inf loss)."""
-    t0 = time.perf_counter()
-    setup.data.train.set_epoch(epoch)
+def _meter(cfg: DictConfig, setup: Setup, state: dict) -> EpochMeter:
+    meter = EpochMeter(setup.device, cfg.nan_check_every)
+    meter.load_state_dict(state)
+    return meter
+
+
+def run_epoch(cfg: DictConfig, setup: Setup, epoch: int, *, precision: str, progress: bool,
+              saver: Saver | None = None, meter: EpochMeter | None = None,
+              elapsed_s: float = 0.0) -> dict | None:
+    """Train epoch ``epoch`` (from 0) and evaluate; returns its metrics for the history,
+    or None when ``saver``'s stop signal ended it after a checkpoint (Diverged with the
+    epoch, from 1, on a NaN/inf loss). ``meter`` and ``elapsed_s``: the sums and time of
+    the part of the epoch trained before a resume."""
+    t0 = time.perf_counter() - elapsed_s
+    if meter is None:  # a resumed epoch's loader is already positioned inside it
+        setup.data.train.set_epoch(epoch)
     try:
-        train_loss, train_error, seen = train_epoch(
+        out = train_epoch(
             setup.model, setup.optimizer, setup.scheduler, setup.data.train, cfg,
-            setup.amp_dtype, setup.scaler, setup.device, progress)
+            setup.amp_dtype, setup.scaler, setup.device, progress, meter=meter,
+            after_step=saver.step_check(epoch, t0) if saver is not None else None)
     except Diverged as div:
         raise Diverged(div.step, epoch + 1) from None
+    if out is None:
+        return None
+    train_loss, train_error, seen = out
     if setup.device.type == "cuda":
         torch.cuda.synchronize(setup.device)
     train_time = time.perf_counter() - t0
@@ -148,20 +219,22 @@ def run_epoch(cfg: DictConfig, setup: Setup, epoch: int, *, precision: str,
             "precision": precision}
 
 
-def save(setup: Setup, directory: RunDir, results: dict, epoch: int) -> None:
-    """Checkpoint the run after ``epoch`` (from 1) and rewrite results.json."""
-    rng_ranks = distributed.rng_states(setup.device)  # collective: before `if main`
-    if directory.main:
-        save_checkpoint(directory.checkpoint, checkpoint_state(setup, epoch, results, rng_ranks))
-        write_json(directory.results, results)
-
-
 def close(directory: RunDir, results: dict, writer) -> None:
-    """Write results.json as the run ends, whichever way it ends, and close TensorBoard."""
+    """Write results.json as the run ends, whichever way it ends, and close TensorBoard.
+    A write that fails here (the disk that stopped the run is still full) is logged, not
+    raised: the error that ended the run is the one to report."""
     results["updated_at"] = now()
-    if directory.main:
-        write_json(directory.results, results)
-    writer.close()
+    try:
+        if directory.main:
+            write_json(directory.results, results)
+    except OSError as err:
+        log.warning("could not record status %s in %s: %s", results["status"],
+                    directory.results, err)
+    try:
+        writer.close()
+    except OSError as err:
+        log.warning("could not close the TensorBoard events in %s: %s",
+                    directory.path / "tensorboard", err)
 
 
 def _progress_enabled(cfg: DictConfig, multirun: bool) -> bool:

@@ -14,8 +14,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sam import distributed
-from sam.data import augment_options
+from sam.data import augment_options, dataset_options
+from sam.data.label_noise import check_label_noise
 from sam.errors import UserError
+from sam.optim.variants import config_problem as variant_problem
 from sam.runtime import resolve_device
 from sam.sharpness import check_training_config
 
@@ -36,11 +38,17 @@ def validate(cfg: DictConfig) -> None:
              f"({'an integer' if is_kind is _is_int else 'a float'})")
     need(cfg.m is None or _is_int(cfg.m), f"m={cfg.m!r}: must be an integer or null")
     need(cfg.epochs >= 1, f"epochs={cfg.epochs}: must be >= 1")
+    every = cfg.get("checkpoint_every_steps", 0)
+    need(_is_int(every) and every >= 0,
+         f"checkpoint_every_steps={every!r}: must be an integer >= 0 (0: after epochs only)")
     _validate_groups(cfg, need)
     d = cfg.dataset
     for key in ("subset", "test_subset"):
         need(d[key] is None or (isinstance(d[key], int) and d[key] >= 1),
              f"dataset.{key}={d[key]}: must be a positive integer or null")
+    check_label_noise(d.get("label_noise", 0.0), d.get("label_noise_mode", "uniform"))
+    need(d.get("noise_seed") is None or _is_int(d.noise_seed),
+         f"dataset.noise_seed={d.get('noise_seed')!r}: must be an integer or null (= seed)")
     need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be >= 1")
     need(cfg.eval_batch_size >= 1, f"eval_batch_size={cfg.eval_batch_size}: must be >= 1")
     need(cfg.lr > 0, f"lr={cfg.lr}: must be > 0")
@@ -59,6 +67,11 @@ def validate(cfg: DictConfig) -> None:
     if cfg.optim.name == "sam":
         need(cfg.optim.rho >= 0, f"rho={cfg.optim.rho}: must be >= 0 (0.05 is the paper's)")
         need(cfg.optim.p in (2, math.inf), f"optim.p={cfg.optim.p}: must be 2 or .inf")
+        world, m = distributed.env_world_size(), distributed.local_m(cfg)
+        problem = variant_problem(cfg.optim, cfg.amp, m is not None and
+                                  m < cfg.batch_size // max(world, 1), world,
+                                  bool(cfg.get("ddp_sync_ascent")), cfg.m_impl)
+        need(problem is None, str(problem))  # SAM variants (sam/optim/variants.py)
     if "wd_mode" in cfg.optim:
         need(cfg.optim.wd_mode in ("base", "loss"),
              f"optim.wd_mode={cfg.optim.wd_mode}: must be base or loss")
@@ -108,3 +121,9 @@ def _validate_groups(cfg: DictConfig, need: Callable[[bool, str], None]) -> None
     need(_is_int(cfg.nan_check_every) and cfg.nan_check_every >= 1,
          f"nan_check_every={cfg.nan_check_every!r}: must be an integer >= 1")
     augment_options(cfg.augment)  # pad_mode, num_workers, cutout_per_image, policy
+    dataset_options(d)  # flip, aa_policy, aa_crop_flip
+    if d.get("channels", 3) != 3:  # fashion_mnist: 1 x 28 x 28
+        need(cfg.augment.name != "autoaugment", f"augment=autoaugment with dataset={d.name}: "
+             "AutoAugment needs RGB images; use augment=basic or cutout (the paper's rows)")
+        need(not d.get("fallback_synthetic"), f"dataset.fallback_synthetic=true with "
+             f"dataset={d.name}: the synthetic data is RGB 32x32; set it false")

@@ -1,0 +1,115 @@
+"""The SAM variants beside the core, by the names the configs and the report use:
+SAM and its ablations (sam.py, ablations.py), GSAM (gsam.py), LookSAM (looksam.py), and
+SAM-ON (Mueller et al., NeurIPS 2023: only the normalization layers perturbed), which
+is SAM with per-group rho: ``param_groups(model, rho, "norm")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+# normalization layers: BatchNorm/InstanceNorm (_NormBase), LayerNorm, GroupNorm
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+PERTURB = ("all", "norm", "no_norm")
+
+
+def param_groups(model: nn.Module, rho: float, perturb: str = "all") -> list[dict[str, Any]]:
+    """The model's parameters as SAM param groups by what is perturbed:
+    "all" (one group), "norm" (SAM-ON: the affine parameters of the normalization
+    layers get ``rho``, all others rho 0) or "no_norm" (its ablation: the reverse).
+    A group with rho 0 is not perturbed and not in ||g||; every group is still trained.
+    Layers are told by type (``NORM_LAYERS``), not by name as SAM-ON's code does
+    ('norm'/'bn' in the name), which would miss e.g. a BatchNorm inside nn.Sequential."""
+    if perturb not in PERTURB:
+        raise ValueError(f"perturb must be one of {', '.join(PERTURB)}, got {perturb!r}")
+    every = list(model.parameters())
+    if perturb == "all":
+        return [{"params": every}]
+    norm = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS)
+            for p in m.parameters(recurse=False)}
+    inside = [p for p in every if id(p) in norm]
+    outside = [p for p in every if id(p) not in norm]
+    if not inside:
+        raise ValueError(f"perturb={perturb!r}: the model has no normalization layer")
+    on, off = (inside, outside) if perturb == "norm" else (outside, inside)
+    return [g for g in ({"params": on, "rho": rho}, {"params": off, "rho": 0.0})
+            if g["params"]]
+
+
+def variant_label(optim: Mapping[str, Any]) -> str:
+    """The name a run's SAM variant goes by in the report: the optim group's ``variant``
+    (sam, gsam, looksam, sam_on), plus any ablation that is on, e.g. "sam ascent_steps=3",
+    "sam second_order", "sam ascent=random", "sam perturb=no_norm"."""
+    label = str(optim.get("variant", "sam"))
+    perturb = optim.get("perturb", "norm" if label == "sam_on" else "all")
+    if label == "sam" and perturb == "norm":
+        label = "sam_on"  # optim=sam optim.perturb=norm is optim=sam_on
+    if optim.get("ascent_steps", 1) != 1:
+        label += f" ascent_steps={optim['ascent_steps']}"
+    if optim.get("second_order", False):
+        label += " second_order"
+    if optim.get("ascent", "gradient") != "gradient":
+        label += f" ascent={optim['ascent']}"
+    if perturb != ("norm" if label.startswith("sam_on") else "all"):
+        label += f" perturb={perturb}"
+    return label
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def config_problem(optim: Mapping[str, Any], amp: str, sharded: bool, world: int,
+                   sync_ascent: bool, m_impl: str) -> str | None:
+    """Why a SAM variant's options cannot run in this setting ("problem: fix", one line),
+    or None. ``sharded``: m-sharpness shards within a process (m < the per-rank batch)."""
+    variant = optim.get("variant", "sam")
+    k, second = optim.get("ascent_steps", 1), optim.get("second_order", False)
+    ascent, perturb = optim.get("ascent", "gradient"), optim.get("perturb", "all")
+    if not _is_int(k) or k < 1:
+        return f"optim.ascent_steps={k!r}: must be an integer >= 1 (1 is SAM)"
+    alpha = optim.get("alpha", 0.0)
+    if not _is_number(alpha) or alpha < 0:
+        return f"optim.alpha={alpha!r}: must be a number >= 0"
+    if variant == "looksam" and (not _is_int(optim.get("k")) or optim["k"] < 1):
+        return f"optim.k={optim.get('k')!r}: must be an integer >= 1 (a SAM step every k)"
+    rho_min = optim.get("rho_min")
+    if rho_min is not None and not (_is_number(rho_min) and 0 <= rho_min <= optim["rho"]):
+        return f"optim.rho_min={rho_min!r}: must be in [0, rho={optim['rho']}], or null"
+    if ascent not in ("gradient", "random"):
+        return f"optim.ascent={ascent}: use gradient (SAM) or random"
+    if not isinstance(second, bool):
+        return f"optim.second_order={second!r}: must be true or false"
+    if perturb not in PERTURB:
+        return f"optim.perturb={perturb}: use {', '.join(PERTURB)}"
+    ablations = [name for name, on in (("ascent_steps", k > 1), ("second_order", second),
+                                       ("ascent=random", ascent == "random")) if on]
+    if len(ablations) > 1:
+        return f"optim: {' and '.join(ablations)} are separate ablations: set one of them"
+    if ablations and (optim.get("p", 2) != 2 or optim.get("adaptive", False)):
+        return f"optim.{ablations[0]} needs optim.p=2 and optim.adaptive=false"
+    loop_only = bool(ablations) or variant == "gsam"
+    if loop_only and sharded and m_impl == "vmap":
+        return (f"{variant_label(optim)} runs m-sharpness shards in a loop: use m_impl=loop "
+                "or auto")
+    if second and amp == "fp16":
+        return "optim.second_order with amp=fp16: the Hessian pass has no GradScaler; use "\
+               "amp=bf16 or off"
+    if second and world > 1 and sync_ascent:
+        return "optim.second_order with ddp_sync_ascent=true: eps then depends on every "\
+               "rank's gradient; use ddp_sync_ascent=false"
+    if variant == "looksam":
+        if amp == "fp16":
+            return "optim=looksam with amp=fp16: an overflowing SAM step would be kept as "\
+                   "g_v; use amp=bf16 or off"
+        if sharded or world > 1:
+            return "optim=looksam keeps g_v per process: it runs without m-sharpness shards "\
+                   "and on one process (m=null, no torchrun)"
+    return None

@@ -1,0 +1,210 @@
+"""Symmetric label noise (paper Table 4): the draw, where it is applied, what is recorded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from cifar_files import write_fake_cifar10
+from hydra import compose, initialize_config_module
+
+from sam.data import load_splits
+from sam.data.label_noise import add_label_noise
+from sam.errors import UserError
+from sam.train import run, runner
+from sam.train.validation import validate
+
+ENV_CLI = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def independent_hash(labels) -> str:
+    """sha256 of the labels as little-endian int64, computed here without the code's help."""
+    return hashlib.sha256(np.asarray(labels, dtype="<i8").tobytes()).hexdigest()[:16]
+
+
+def clean_labels(n: int = 10_000, classes: int = 10) -> torch.Tensor:
+    return torch.arange(n) % classes
+
+
+# ------------------------------------------------------------------------------ the draw
+@pytest.mark.parametrize("fraction", [0.2, 0.4, 0.8])
+def test_flip_changes_exactly_the_chosen_fraction_to_other_classes(fraction):
+    y = clean_labels()
+    noisy, record = add_label_noise(y, 10, fraction, "flip", seed=3)
+    changed = noisy != y
+    assert int(changed.sum()) == round(fraction * len(y)) == record["chosen"]
+    assert record["changed"] == record["chosen"]
+    assert noisy.min() >= 0 and noisy.max() <= 9 and noisy.dtype == torch.int64
+
+
+def test_uniform_redraws_from_all_classes_so_a_tenth_keep_their_label():
+    y = clean_labels(20_000)
+    noisy, record = add_label_noise(y, 10, 0.4, "uniform", seed=0)
+    assert record["chosen"] == 8000
+    # each chosen label stays with probability 1/10: changed ~ Binomial(8000, 0.9),
+    # mean 7200, std 26.8; 5 std either side
+    assert abs(record["changed"] - 7200) < 135
+    assert record["changed"] == int((noisy != y).sum())
+    # the new labels of the changed images are spread over all classes (each class
+    # should get ~720 +- 27; a redraw biased to a few classes fails this)
+    counts = torch.bincount(noisy[noisy != y], minlength=10)
+    assert counts.min() > 580 and counts.max() < 860
+
+
+def test_same_seed_same_labels_other_seed_other_labels_and_clean_input_untouched():
+    y = clean_labels()
+    before = y.clone()
+    a, ra = add_label_noise(y, 10, 0.4, "uniform", seed=5)
+    b, rb = add_label_noise(y, 10, 0.4, "uniform", seed=5)
+    c, rc = add_label_noise(y, 10, 0.4, "uniform", seed=6)
+    assert torch.equal(a, b) and ra == rb
+    assert not torch.equal(a, c) and ra["hash"] != rc["hash"]
+    assert torch.equal(y, before)
+    assert ra["hash"] == independent_hash(a.numpy())
+
+
+def test_zero_noise_is_the_identity():
+    y = clean_labels(100)
+    noisy, record = add_label_noise(y, 10, 0.0, "flip", seed=0)
+    assert torch.equal(noisy, y) and record["changed"] == record["chosen"] == 0
+
+
+@pytest.mark.parametrize("fraction, mode", [(1.0, "uniform"), (-0.1, "uniform"),
+                                            ("0.4", "uniform"), (True, "uniform"),
+                                            (0.4, "symmetric")])
+def test_bad_settings_are_one_line_errors(fraction, mode):
+    with pytest.raises(UserError) as err:
+        add_label_noise(clean_labels(10), 10, fraction, mode)
+    assert "\n" not in str(err.value) and "dataset.label_noise" in str(err.value)
+
+
+# ------------------------------------------------------------------ in the loaded data
+def compose_cfg(data_dir, *overrides):
+    with initialize_config_module(config_module="sam.configs", version_base="1.3"):
+        return compose("train", overrides=[
+            "dataset=cifar10", f"data_dir={data_dir}", "dataset.verify=false",
+            "model=resnet20", "model.depth=8", "batch_size=10", "eval_batch_size=64",
+            "epochs=2", "device=cpu", *overrides])
+
+
+@pytest.fixture
+def fake_cifar(tmp_path):
+    return tmp_path / "data", write_fake_cifar10(tmp_path / "data", per_batch=20, n_test=11)
+
+
+def test_only_training_labels_get_noise_and_validation_labels_stay_clean(fake_cifar):
+    root, files = fake_cifar
+    splits = load_splits(compose_cfg(root, "dataset.label_noise=0.5", "dataset.val_fraction=0.2",
+                                     "dataset.label_noise_mode=flip"))
+    assert splits.eval_split == "val"
+    # val = the clean last 20 of the 100 training images; noise on the first 80 only
+    assert torch.equal(splits.test_y, torch.from_numpy(files["train_y"][80:]))
+    changed = splits.train_y != torch.from_numpy(files["train_y"][:80])
+    assert int(changed.sum()) == 40 == splits.label_noise["changed"]
+    test = load_splits(compose_cfg(root, "dataset.label_noise=0.5"))
+    assert torch.equal(test.test_y, torch.from_numpy(files["test_y"]))  # test set clean
+    assert test.label_noise["hash"] == independent_hash(test.train_y.numpy())
+
+
+def test_noise_seed_defaults_to_the_run_seed_and_can_be_set_apart(fake_cifar):
+    root, _ = fake_cifar
+    labels = {}
+    for name, extra in {"seed0": ["seed=0"], "seed1": ["seed=1"],
+                        "seed1_noise0": ["seed=1", "dataset.noise_seed=0"]}.items():
+        labels[name] = load_splits(compose_cfg(root, "dataset.label_noise=0.4", *extra)).train_y
+    assert torch.equal(labels["seed1_noise0"], labels["seed0"])
+    assert not torch.equal(labels["seed1"], labels["seed0"])
+
+
+@pytest.mark.parametrize("override", ["dataset.label_noise=1", "dataset.label_noise_mode=x",
+                                      "dataset.noise_seed=0.5"])
+def test_validate_refuses_bad_noise_settings(fake_cifar, override):
+    root, _ = fake_cifar
+    with pytest.raises(UserError):
+        validate(compose_cfg(root, override))
+
+
+def test_sgd_and_sam_of_a_seed_train_on_the_same_noisy_labels_and_resume_keeps_them(
+        fake_cifar, tmp_path):
+    root, files = fake_cifar
+    records = {}
+    for optim in ("sgd", "sam"):
+        cfg = compose_cfg(root, f"optim={optim}", "dataset.label_noise=0.4", "seed=3")
+        run(cfg, tmp_path / optim)
+        records[optim] = json.loads((tmp_path / optim / "results.json").read_text())
+    sgd, sam = records["sgd"], records["sam"]
+    assert sgd["label_noise"] == sam["label_noise"]
+    assert sgd["label_noise"]["fraction"] == 0.4 and sgd["label_noise"]["seed"] == 3
+    assert sgd["summary"]["label_noise"] == sam["summary"]["label_noise"] == 0.4
+    # the recorded hash is that of the labels the loader trains on
+    noisy = load_splits(compose_cfg(root, "dataset.label_noise=0.4", "seed=3")).train_y
+    assert sgd["label_noise"]["hash"] == independent_hash(noisy.numpy())
+    assert not np.array_equal(noisy.numpy(), files["train_y"])
+
+    # resume: the SAM run cut after epoch 1 of 2, then run again, records the same labels
+    # and ends where the uninterrupted run did
+    real_run_epoch = runner.run_epoch
+
+    def cut_at_second_epoch(cfg, setup, epoch, **kw):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_run_epoch(cfg, setup, epoch, **kw)
+
+    cfg = compose_cfg(root, "optim=sam", "dataset.label_noise=0.4", "seed=3")
+    part = tmp_path / "part"
+    with mock.patch.object(runner, "run_epoch", cut_at_second_epoch), \
+            pytest.raises(KeyboardInterrupt):
+        run(cfg, part)
+    assert len(json.loads((part / "results.json").read_text())["history"]) == 1
+    run(cfg, part)
+    resumed = json.loads((part / "results.json").read_text())
+    assert resumed["label_noise"] == sam["label_noise"]
+    assert resumed["final"] == sam["final"]  # same labels, same training: same metrics
+
+
+def test_clean_runs_record_no_noise(fake_cifar, tmp_path):
+    root, _ = fake_cifar
+    run(compose_cfg(root, "optim=sgd", "epochs=1"), tmp_path / "clean")
+    results = json.loads((tmp_path / "clean" / "results.json").read_text())
+    assert results["label_noise"] is None and results["summary"]["label_noise"] == 0.0
+
+
+def test_cli_refuses_noise_of_one_in_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "sam.cli", "dataset=synthetic", "dataset.label_noise=1.0",
+         f"hydra.run.dir={tmp_path / 'r'}"], capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, **ENV_CLI})
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "dataset.label_noise=1.0" in lines[0]
+
+
+# ------------------------------------------------------------------------------ recipes
+def recipe(name, *overrides, hydra=False):
+    with initialize_config_module(config_module="sam.configs", version_base="1.3"):
+        return compose("train", overrides=[f"experiment={name}", *overrides],
+                       return_hydra_config=hydra)
+
+
+def test_table4_recipe_is_the_papers_setting():
+    cfg = recipe("table4_label_noise", hydra=True)
+    assert (cfg.dataset.name, cfg.model.depth, cfg.epochs) == ("cifar10", 32, 200)
+    assert cfg.optim.rho == 0.1 and cfg.fidelity.name == "official"
+    assert cfg.hydra.sweeper.params["dataset.label_noise"] == "0.2,0.4,0.6"
+    assert cfg.hydra.sweeper.params.optim == "sgd,sam"
+    assert recipe("table4_label_noise", "dataset.label_noise=0.8", "rho=0.05").optim.rho == 0.05
+
+
+def test_miniature_recipe_sweeps_noise_and_optimizer_over_two_seeds():
+    cfg = recipe("miniature", hydra=True)
+    params = cfg.hydra.sweeper.params
+    assert params["dataset.label_noise"] == "0.4,0.0" and params.optim == "sgd,sam"
+    assert len(str(params.seed).split(",")) >= 2
+    assert cfg.sharpness.every == cfg.epochs  # lambda_max at the final weights
+    assert cfg.dataset.name == "cifar10" and not cfg.dataset.get("fallback_synthetic")
