@@ -20,8 +20,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sam.errors import UserError
-from sam.results import RESULTS_FILE, load_checkpoint, read_json
-from sam.sharpness.job import load_weights
+from sam.results import RESULTS_FILE, load_checkpoint
+from sam.sharpness.job import load_weights, read_results
 
 PROG = "sam-landscape"
 
@@ -83,12 +83,7 @@ def load_run(source: str) -> Run:
                         "pass another run or checkpoint")
     if note:
         print(f"{PROG}: warning: {note}", file=sys.stderr)
-    results: dict[str, Any] = {}
-    if run_dir is not None and (run_dir / RESULTS_FILE).is_file():
-        try:
-            results = read_json(run_dir / RESULTS_FILE)
-        except ValueError:
-            results = {}
+    results = read_results(run_dir)
     config = results.get("config") or (state.get("config") if "model" in state else None)
     if not config or "model" not in config:
         raise UserError(f"no run config for {ckpt}: pass its sam-train run directory (the "

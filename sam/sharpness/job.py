@@ -52,7 +52,7 @@ def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
     dtype = vector_dtype(cfg.dtype)
     run_dir, ckpt_path, out_dir = _locate(cfg)
     state, ckpt_path = _load_state(ckpt_path)
-    results = _results(run_dir)
+    results = read_results(run_dir)
     config = results.get("config") or (state.get("config") if "model" in state else None)
     if results.get("status") not in (None, "complete"):
         epochs = (config or {}).get("epochs", "?")
@@ -177,7 +177,8 @@ def _load_state(path: Path) -> tuple[dict[str, Any], Path]:
     return state, loaded
 
 
-def _results(run_dir: Path | None) -> dict[str, Any]:
+def read_results(run_dir: Path | None) -> dict[str, Any]:
+    """The run's results.json as a dict; {} without a run directory, file or valid JSON."""
     if run_dir is None or not (run_dir / RESULTS_FILE).exists():
         return {}
     try:
