@@ -77,6 +77,11 @@ KEYS_ADDED = {
     "dataset.label_noise_mode": "uniform",
     "dataset.noise_seed": None,
     "model.in_channels": 3,  # every dataset before SVHN / Fashion-MNIST was RGB
+    "accumulate": 1,  # issue 16: micro-batches per step (docs/accumulate.md)
+    # issue 16 (docs/finetune.md): training options of the fine-tuning / ImageNet recipes
+    "label_smoothing": 0.0,
+    "wd_exclude_norm_bias": False,
+    "bn_eval_mode": False,
 }
 # optim=sgd was torch.optim.SGD itself; sam.optim.Descent with wd_mode=base and no
 # clipping trains exactly as it did

@@ -250,7 +250,7 @@ def test_cifar_files_on_disk_go_through_the_real_loader(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["dataset=imagenet"], "dataset/imagenet"),
+    (["dataset=nosuchset"], "dataset/nosuchset"),
     (["rho=-0.1"], "rho=-0.1"),
     (["m=3"], "m=3"),
     (["dataset=cifar10", "data_dir=/nonexistent/cifar"], "/nonexistent/cifar"),

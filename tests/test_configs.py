@@ -44,7 +44,10 @@ def test_group_has_options(group):
 @pytest.mark.parametrize("name", options("dataset"))
 def test_dataset_configs(name):
     cfg = make(f"dataset={name}", "data_dir=/some/where")
-    assert cfg.dataset.name == name and cfg.dataset.num_classes in (10, 100)
+    image_sets = {"flowers102": 102, "stanford_cars": 196, "fgvc_aircraft": 100,
+                  "food101": 101, "oxford_pets": 37, "imagenet": 1000, "imagefolder": None}
+    assert cfg.dataset.name == name and cfg.dataset.num_classes == image_sets.get(
+        name, 100 if name == "cifar100" else 10)
     assert cfg.model.num_classes == cfg.dataset.num_classes
     if name != "synthetic":
         assert cfg.dataset.data_dir == "/some/where" and cfg.dataset.verify is True
@@ -53,7 +56,8 @@ def test_dataset_configs(name):
 @pytest.mark.parametrize("name", options("model"))
 def test_model_configs_resolve(name):
     cfg = make(f"model={name}", "dataset=cifar100")
-    assert cfg.model._target_.startswith("sam.models.")
+    # the project's models, and torchvision's ImageNet ResNets (resnet50/101/152)
+    assert cfg.model._target_.startswith(("sam.models.", "torchvision.models."))
     assert cfg.model.num_classes == 100
 
 

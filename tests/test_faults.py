@@ -223,7 +223,7 @@ def bad_files(tmp_path_factory) -> dict[str, Path]:
 
 FRESH = "hydra.run.dir={fresh}"  # a new directory instead of the completed run's
 BAD_INPUTS = [
-    (["dataset=imagenet"], "dataset/imagenet"),
+    (["dataset=nosuchset"], "dataset/nosuchset"),
     (["model=vgg99"], "model/vgg99"),
     (["optim=adamw"], "optim/adamw"),
     (["augment=mixup"], "augment/mixup"),

@@ -365,7 +365,7 @@ def test_model_configs_build_per_fidelity(name: str, fidelity: str) -> None:
         cfg = compose(config_name="train", overrides=[f"model={name}", f"fidelity={fidelity}"])
     OmegaConf.resolve(cfg)
     assert cfg.fidelity.true_gradient == (fidelity == "official")
-    styled = not name.startswith("resnet")  # the ResNets have no official version
+    styled = not name.startswith(("resnet", "timm"))  # no official version of these
     assert cfg.model.get("style") == (fidelity if styled else None)
     with shapes_only():
         model = instantiate(cfg.model)

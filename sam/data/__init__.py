@@ -12,7 +12,12 @@ Modules: `datasets` (loading), `augment` (crop/flip/Cutout ops, checks of the au
 settings), `device_loader` (`Normalize`, `DeviceLoader`), `official_autoaugment` (the
 policy; its operations in `official_aa_ops`), `autoaugment` (`AutoAugmentLoader`),
 `loaders` (`make_loader`, `augment_options`, `dataset_options`), `torchvision_sets` (SVHN,
-Fashion-MNIST), `fetch` (the download, `DataMissing`).
+Fashion-MNIST), `fetch` (the download, `DataMissing`), `worker_loader` (`WorkerLoader`:
+DataLoader workers, the base of `AutoAugmentLoader` and `ImageLoader`); large-image
+datasets stay files:
+`image_sets` (Flowers102, Stanford Cars, FGVC-Aircraft, Food-101, Oxford-IIIT Pets, an
+ImageFolder, ImageNet) and `image_loader` (`ImageLoader`: DataLoader workers, normalized
+on the device).
 """
 
 from sam.data.augment import (
@@ -28,7 +33,7 @@ from sam.data.augment import (
     cutout_params,
     random_crop_flip,
 )
-from sam.data.autoaugment import AutoAugmentLoader, _AADataset, shard_rows
+from sam.data.autoaugment import AutoAugmentLoader, _AADataset
 from sam.data.datasets import (
     CIFAR_STATS,
     DATASETS,
@@ -40,32 +45,43 @@ from sam.data.datasets import (
 )
 from sam.data.device_loader import DeviceLoader, Normalize
 from sam.data.fetch import DataMissing
+from sam.data.image_loader import ImageLoader, check_image_config, image_loaders
+from sam.data.image_sets import IMAGE_SETS, IMAGENET_STATS, ImageSets, load_image_sets
 from sam.data.loaders import augment_options, dataset_options, make_loader
 from sam.data.official_autoaugment import official_autoaugment
+from sam.data.worker_loader import WorkerLoader, shard_rows
 
 __all__ = [
     "AA_POLICIES",
     "AUGMENTS",
     "CIFAR_STATS",
     "DATASETS",
+    "IMAGENET_STATS",
+    "IMAGE_SETS",
     "PAD_MODES",
     "AutoAugmentLoader",
     "DataMissing",
     "DeviceLoader",
+    "ImageLoader",
+    "ImageSets",
     "Normalize",
     "Splits",
     "Stats",
+    "WorkerLoader",
     "_AADataset",
     "apply_crop_flip",
     "apply_cutout",
     "augment_options",
+    "check_image_config",
     "check_cutout_per_image",
     "check_pad_mode",
     "check_policy",
     "crop_flip_params",
     "cutout_params",
     "dataset_options",
+    "image_loaders",
     "load_dataset",
+    "load_image_sets",
     "load_splits",
     "make_loader",
     "make_synthetic",

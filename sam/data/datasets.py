@@ -24,6 +24,7 @@ from torchvision.datasets.utils import check_integrity
 
 from sam.data.fetch import DataMissing, files_present, is_default_location, missing_message
 from sam.data.fetch import download as download_files
+from sam.data.image_sets import IMAGE_SETS
 from sam.data.label_noise import add_label_noise, check_label_noise
 from sam.errors import UserError
 
@@ -96,8 +97,11 @@ def load_dataset(
         splits = load_set(name, data_dir, download, verify, **(options or {}))
     elif name == "synthetic":
         splits = make_synthetic(seed, *synthetic_size)
+    elif name in IMAGE_SETS:  # files read by DataLoader workers: sam.data.image_loader
+        raise UserError(f"dataset={name} is read from image files during training, not into "
+                        f"memory: this needs one of {', '.join(DATASETS)}")
     else:
-        choices = ", ".join(DATASETS)
+        choices = ", ".join(DATASETS + IMAGE_SETS)
         raise UserError(f"unknown dataset {name!r}: set dataset.name to one of {choices}")
     return _subset_and_split(splits, subset, val_fraction)
 

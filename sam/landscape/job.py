@@ -80,12 +80,15 @@ def run_landscape(cfg: DictConfig) -> dict[str, Any]:
         d1, d2 = random_directions(net, 2, cfg.seed)
         entry = _run_entry(run)
         if a_line:
+            t = time.perf_counter()
             loss, error = line(net, d1, a_line, batches, progress=bar)
-            entry["line"] = {"a": a_line, "loss": _json(loss), "error": error}
+            entry["line"] = {"a": a_line, "loss": _json(loss), "error": error,
+                             "seconds": time.perf_counter() - t}
         if a_plane:
+            t = time.perf_counter()
             loss, error = plane(net, d1, d2, a_plane, a_plane, batches, progress=bar)
             entry["plane"] = {"a": a_plane, "b": a_plane, "loss": [_json(r) for r in loss],
-                              "error": error}
+                              "error": error, "seconds": time.perf_counter() - t}
         evaluated += len(a_line) + len(a_plane) ** 2
         entries.append(entry)
         del net, d1, d2

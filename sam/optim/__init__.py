@@ -17,7 +17,8 @@ or the closure form ``opt.step(closure, model=model)``, or the explicit two-step
 sam.py holds the optimizer (the paper's eqs. 2-3, GradScaler), descent.py the descent
 step it shares with plain runs (``Descent``: weight-decay mode, exact clipping),
 perturbation.py the ascent formulas (p=2, p=inf, ASAM), step.py ``sam_step`` (with
-passes.py, shards.py and vmap.py for m-sharpness, ddp.py for DistributedDataParallel),
+passes.py, shards.py and vmap.py for m-sharpness, accumulate.py for micro-batches, ddp.py
+for DistributedDataParallel),
 batchnorm.py and rng.py what the two passes of a step need. Beside the core: the
 paper's ablations (ablations.py), GSAM (gsam.py), LookSAM (looksam.py) and SAM-ON's
 per-group rho (variants.py); docs/variants.md.
@@ -30,7 +31,7 @@ from .looksam import LookSAM
 from .rng import RngReplay
 from .sam import SAM
 from .step import sam_step
-from .variants import param_groups, variant_label
+from .variants import exclude_from_weight_decay, param_groups, variant_label
 
 __all__ = [
     "GSAM",
@@ -39,6 +40,7 @@ __all__ = [
     "LookSAM",
     "RngReplay",
     "clip_by_global_norm_",
+    "exclude_from_weight_decay",
     "fp32_batchnorm_inputs",
     "frozen_bn_stats",
     "ghost_batchnorm",

@@ -41,6 +41,7 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .batchnorm import frozen_bn_stats
 from .ddp import _average_across_ranks
@@ -203,7 +204,8 @@ def _add_hessian_term_(model, moved: list[tuple[dict, list[Tensor]]], loss_fn, x
         u = [u_on.get(id(p), torch.zeros_like(p)) for _, p in pairs]
     params = [p for _, p in pairs]
     with torch.enable_grad(), frozen_bn_stats(model):
-        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None), \
+                sdpa_kernel(SDPBackend.MATH):  # fused attention has no double backward (ViTs)
             loss = loss_fn(model(x), y)
         grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
         used = [(gr, ui) for gr, ui in zip(grads, u, strict=True)

@@ -19,6 +19,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from .accumulate import accumulated_plain, accumulated_sam
 from .batchnorm import ghost_batchnorm
 from .ddp import _average_across_ranks, _in_process_group
 from .passes import AscentContext, _forward_backward, _sam_shard
@@ -40,6 +41,7 @@ def sam_step(
     sync_ascent: bool = False,
     shard_impl: str = "auto",
     ascent_context: AscentContext = None,
+    accumulate: int = 1,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """One training step on a batch; returns the clean-pass loss (a 0-d tensor, no sync).
 
@@ -82,6 +84,10 @@ def sam_step(
     ``ascent_context``: a callable returning a context manager that SAM's clean (ascent)
     pass runs inside, e.g. the official code's ``true_gradient`` for Shake-Shake
     (``sam.models.true_gradient``); the perturbed pass and plain steps run without it.
+
+    ``accumulate=k`` runs the batch as k micro-batches of B/k for memory (accumulate.py):
+    SAM accumulates the clean gradient over all k before ONE eps (SAM on the whole batch),
+    then the gradient at w + eps; each micro-batch has its own BatchNorm statistics.
     """
     optimizer.zero_grad(set_to_none=True)
     batch = inputs.shape[0]
@@ -93,7 +99,10 @@ def sam_step(
     ddp = model if _in_process_group(model) else None
     with ddp.no_sync() if ddp is not None else nullcontext():
         if sam is None:
-            if shards == 1:
+            if accumulate != 1:
+                loss, out = accumulated_plain(model, optimizer, loss_fn, inputs, targets, m,
+                                              accumulate, amp_dtype, scaler)
+            elif shards == 1:
                 loss, out = _forward_backward(model, loss_fn, inputs, targets, amp_dtype,
                                               scaler)
             elif shard_impl == "loop" or (shard_impl == "auto" and inputs.device.type == "cpu"):
@@ -118,7 +127,11 @@ def sam_step(
                 raise ValueError(f"sync_ascent averages the ascent over the ranks: it needs "
                                  f"one shard per rank (m=None), got m={m} for a local batch "
                                  f"of {batch}")
-            if shards == 1:
+            if accumulate != 1:
+                loss, out = accumulated_sam(model, sam, loss_fn, inputs, targets, m,
+                                            accumulate, amp_dtype, scaler, ascent_sync,
+                                            ascent_context)
+            elif shards == 1:
                 loss, out = _sam_shard(model, sam, loss_fn, inputs, targets, amp_dtype,
                                        scaler, ascent_sync, ascent_context)
             elif _vmap_wanted(shard_impl, sam, inputs.device, shards, scaler):

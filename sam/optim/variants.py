@@ -1,7 +1,8 @@
 """The SAM variants beside the core, by the names the configs and the report use:
 SAM and its ablations (sam.py, ablations.py), GSAM (gsam.py), LookSAM (looksam.py), and
 SAM-ON (Mueller et al., NeurIPS 2023: only the normalization layers perturbed), which
-is SAM with per-group rho: ``param_groups(model, rho, "norm")``.
+is SAM with per-group rho: ``param_groups(model, rho, "norm")``; and the groups without
+weight decay on 1-d parameters (``exclude_from_weight_decay``, any optimizer).
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ def param_groups(model: nn.Module, rho: float, perturb: str = "all") -> list[dic
     on, off = (inside, outside) if perturb == "norm" else (outside, inside)
     return [g for g in ({"params": on, "rho": rho}, {"params": off, "rho": 0.0})
             if g["params"]]
+
+
+def exclude_from_weight_decay(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The groups with their 1-d parameters (ndim <= 1: normalization scales and shifts,
+    biases) split off into groups of their own with ``weight_decay`` 0, as the official
+    code's ``no_weight_decay_on_bn`` (its L2 term sums ||w||^2 over ndim > 1 only). The
+    other keys of a group (its ``rho``) go with both halves; empty halves are dropped."""
+    out: list[dict[str, Any]] = []
+    for group in groups:
+        params = list(group["params"])
+        decayed = {**group, "params": [p for p in params if p.ndim > 1]}
+        free = {**group, "params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}
+        out.extend(g for g in (decayed, free) if g["params"])
+    return out
 
 
 def variant_label(optim: Mapping[str, Any]) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sam.errors import UserError
 from sam.sharpness._common import Batch, Hvp, LossFn, check_positive, trainable_params
@@ -99,7 +100,8 @@ def hvp_fn(model: nn.Module, loss_fn: LossFn, batches: Sequence[Batch]) -> Hvp:
         vs = _unflatten(v, params)
         out = torch.zeros_like(v)
         for x, y in batches:
-            loss = loss_fn(model(x), y)
+            with sdpa_kernel(SDPBackend.MATH):  # fused attention has no double backward (ViTs)
+                loss = loss_fn(model(x), y)
             grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
             dot = sum(
                 ((g * u).sum() for g, u in zip(grads, vs, strict=True) if g is not None),

@@ -16,9 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sam import distributed
-from sam.data import augment_options, dataset_options, load_splits, make_loader
+from sam.data import IMAGENET_STATS, augment_options, dataset_options, load_splits, make_loader
+from sam.data.image_loader import IMAGE_SETS, image_loaders
 from sam.errors import UserError
-from sam.optim import param_groups
+from sam.optim import exclude_from_weight_decay, param_groups
 from sam.runtime import amp_settings, seed_everything
 
 
@@ -32,7 +33,8 @@ class Data:
     name: str
     eval_split: str
     source: str
-    splits: Any = None  # the uint8 CPU tensors behind the loaders (sharpness subset)
+    splits: Any = None  # the uint8 CPU tensors behind the loaders (sharpness subset);
+    # None for the image datasets (sam.data.image_sets), whose eval split counts as "test"
 
 
 @dataclass
@@ -54,7 +56,7 @@ def build(cfg: DictConfig, device: torch.device) -> Setup:
     seed_everything(cfg.seed, cfg.deterministic)
     data = build_data(cfg, device)
     data.train, data.eval = distributed.shard(data.train), distributed.shard(data.eval)
-    net = instantiate(cfg.model).to(device)
+    net = instantiate(cfg.model, **model_inputs(cfg, data)).to(device)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     model = torch.compile(net) if cfg.compile else net
@@ -68,9 +70,25 @@ def build(cfg: DictConfig, device: torch.device) -> Setup:
     return Setup(device, data, net, model, optimizer, scheduler, amp_dtype, scaler)
 
 
+def model_inputs(cfg: DictConfig, data: Data) -> dict[str, Any]:
+    """What a model that un-normalizes its batches (model=timm, docs/finetune.md) must know
+    of the loaders, where its config leaves ``in_mean``/``in_std`` null: their mean/std."""
+    if cfg.model.get("in_mean", "unused") is not None:
+        return {}
+    if data.splits is not None:
+        mean, std = data.splits.mean, data.splits.std
+    else:  # the image sets normalize with dataset.mean/std, ImageNet's when null
+        mean = cfg.dataset.get("mean") or IMAGENET_STATS[0]
+        std = cfg.dataset.get("std") or IMAGENET_STATS[1]
+    return {"in_mean": list(mean), "in_std": list(std)}
+
+
 def build_data(cfg: DictConfig, device: torch.device) -> Data:
     """Load the dataset (synthetic fallback when allowed) and make the two loaders."""
     d = cfg.dataset
+    if d.name in IMAGE_SETS:  # image files through DataLoader workers; no uint8 splits
+        sets, train, evaluation = image_loaders(cfg, device)
+        return Data(train, evaluation, sets.num_classes, sets.name, "test", sets.source)
     splits = load_splits(cfg)
     eval_x, eval_y = splits.test_x, splits.test_y
     if d.test_subset is not None:
@@ -91,7 +109,8 @@ def build_data(cfg: DictConfig, device: torch.device) -> Data:
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     """Instantiate the optim group (a partial of SAM, a SAM variant or SGD) on the model's
     parameters: SAM's param groups by ``optim.perturb`` (SAM-ON: norm layers only), the
-    run's seed for ``optim.ascent=random``."""
+    1-d parameters without weight decay (``wd_exclude_norm_bias``), the run's seed for
+    ``optim.ascent=random``."""
     optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
     del optim_cfg["name"]
     optim_cfg.pop("variant", None)
@@ -100,6 +119,8 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
         params = param_groups(model, optim_cfg.get("rho", 0.0), perturb)
     except ValueError as err:  # SAM-ON on a model without normalization layers
         raise UserError(f"{err}: use optim.perturb=all (or a model with them)") from None
+    if cfg.get("wd_exclude_norm_bias", False):
+        params = exclude_from_weight_decay(params)
     if optim_cfg.get("ascent") == "random":
         optim_cfg["seed"] = cfg.seed
     return instantiate(optim_cfg)(params)

@@ -106,21 +106,36 @@ def _raise_if_bad(first_bad: int) -> None:
         raise Diverged(first_bad)
 
 
+def training_loss(label_smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
+    """The training loss: cross-entropy, or with label smoothing a > 0 (as the official
+    code's) the mean over the batch of (1 - a) CE(y) + a mean_k(-log p_k), k over all K
+    classes: CE against the target (1 - a) onehot(y) + a / K."""
+    if not label_smoothing:
+        return F.cross_entropy
+    return partial(F.cross_entropy, label_smoothing=float(label_smoothing))
+
+
 def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, device, progress,
                 *, meter: EpochMeter | None = None,
                 after_step: Callable[[EpochMeter], bool] | None = None):
     """One epoch of sam_step; returns (mean loss, error %, images) read once at the end
-    (Diverged on a NaN/inf loss: see EpochMeter).
+    (Diverged on a NaN/inf loss: see EpochMeter). The loss is ``training_loss`` (label
+    smoothing); ``bn_eval_mode``: BatchNorm layers normalise with their running statistics
+    and leave them unchanged (their scale and shift still train).
 
     ``meter``: the epoch's sums so far (a resumed epoch), else a new one. ``after_step``
     is called after every step with the meter (``meter.steps``: steps done); when it
     returns True the epoch stops there and None is returned (a checkpoint and exit).
     """
     model.train()
+    if cfg.get("bn_eval_mode", False):  # the official fine-tuning: BatchNorm as at test time
+        for layer in model.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.eval()
     meter = meter if meter is not None else EpochMeter(device, cfg.nan_check_every)
     channels_last = bool(cfg.channels_last)
     local_m, sync_ascent = distributed.local_m(cfg), cfg.get("ddp_sync_ascent", False)
-    ascent_context = None
+    ascent_context, loss_fn = None, training_loss(cfg.get("label_smoothing", 0.0))
     if (cfg.get("fidelity") or {}).get("true_gradient", False) and isinstance(optimizer, SAM):
         # the official ascent pass: Shake-Shake/ShakeDrop backpropagate through the forward
         # gate. A compile/DDP wrapper's modules() are the wrapped model's own modules
@@ -128,10 +143,11 @@ def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, dev
     for x, y in tqdm(loader, disable=not progress, leave=False, unit="batch"):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss, out = sam_step(model, optimizer, F.cross_entropy, x, y, m=local_m,
+        loss, out = sam_step(model, optimizer, loss_fn, x, y, m=local_m,
                              amp_dtype=amp_dtype, scaler=scaler, return_outputs=True,
                              sync_ascent=sync_ascent, shard_impl=cfg.m_impl,
-                             ascent_context=ascent_context)
+                             ascent_context=ascent_context,
+                             accumulate=cfg.get("accumulate", 1))
         scheduler.step()
         meter.update(loss, out, y)
         if after_step is not None and after_step(meter):

@@ -103,7 +103,10 @@ class _NoWriter:
 
 def _summary(cfg: DictConfig, choices: dict[str, str], data_name: str, eval_split: str) -> dict:
     is_sam = cfg.optim.name == "sam"
-    return {"dataset": data_name, "model": choices.get("model", cfg.model._target_),
+    model = choices.get("model", cfg.model._target_)
+    if cfg.model.get("_target_") == "sam.models.timm_model.timm_model":  # model=timm
+        model = f"timm/{cfg.model.name}"  # the net, so that reports keep timm nets apart
+    return {"dataset": data_name, "model": model,
             "augment": cfg.augment.name, "optim": cfg.optim.name,
             "rho": cfg.optim.rho if is_sam else None, "m": cfg.m,  # SGD: BatchNorm shards
             "variant": variant_label(cfg.optim) if is_sam else None,  # docs/variants.md

@@ -15,8 +15,11 @@ from omegaconf import DictConfig
 
 from sam import distributed
 from sam.data import augment_options, dataset_options
+from sam.data.image_loader import check_image_config
 from sam.data.label_noise import check_label_noise
 from sam.errors import UserError
+from sam.optim.accumulate import accumulate_problem
+from sam.optim.accumulate import config_problem as accumulate_config_problem
 from sam.optim.variants import config_problem as variant_problem
 from sam.runtime import resolve_device
 from sam.sharpness import check_training_config
@@ -80,6 +83,13 @@ def validate(cfg: DictConfig) -> None:
              f"m={cfg.m} does not divide batch_size={cfg.batch_size}: pick m from the "
              f"divisors of the batch (or m=null: the whole batch, no shards)")
     distributed.check_config(cfg, device)
+    accumulate = cfg.get("accumulate", 1)  # micro-batches of each rank's batch
+    problem = accumulate_problem(cfg.batch_size // max(distributed.env_world_size(), 1),
+                                 distributed.local_m(cfg), accumulate)
+    if problem is None:
+        problem = accumulate_config_problem(accumulate, cfg.optim if cfg.optim.name == "sam"
+                                            else None, cfg.m_impl)
+    need(problem is None, str(problem))
     check_training_config(cfg)
 
 
@@ -120,8 +130,16 @@ def _validate_groups(cfg: DictConfig, need: Callable[[bool, str], None]) -> None
                  f"dataset.{key}={d[key]!r}: must be a positive integer")
     need(_is_int(cfg.nan_check_every) and cfg.nan_check_every >= 1,
          f"nan_check_every={cfg.nan_check_every!r}: must be an integer >= 1")
+    smoothing = cfg.get("label_smoothing", 0.0)
+    need(_is_number(smoothing) and 0 <= smoothing < 1,
+         f"label_smoothing={smoothing!r}: must be a number in [0, 1) (0.1 is the paper's "
+         "ImageNet value)")
+    for key in ("wd_exclude_norm_bias", "bn_eval_mode"):
+        need(isinstance(cfg.get(key, False), bool), f"{key}={cfg.get(key)!r}: must be true "
+             "or false")
     augment_options(cfg.augment)  # pad_mode, num_workers, cutout_per_image, policy
     dataset_options(d)  # flip, aa_policy, aa_crop_flip
+    check_image_config(cfg)  # image datasets: what the DataLoader path cannot do
     if d.get("channels", 3) != 3:  # fashion_mnist: 1 x 28 x 28
         need(cfg.augment.name != "autoaugment", f"augment=autoaugment with dataset={d.name}: "
              "AutoAugment needs RGB images; use augment=basic or cutout (the paper's rows)")
