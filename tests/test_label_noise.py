@@ -209,3 +209,25 @@ def test_miniature_recipe_sweeps_the_noisy_arm_over_three_seeds():
     assert "dataset.label_noise=0.0 seed=0,1" in open("Makefile").read()  # the clean arm
     assert cfg.sharpness.every == cfg.epochs  # lambda_max at the final weights
     assert cfg.dataset.name == "cifar10" and not cfg.dataset.get("fallback_synthetic")
+
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_the_sharpness_subset_is_not_the_noise_draw(seed: int) -> None:
+    """The fixed subset that sharpness and sam-landscape measure on (seed = run seed) holds
+    noisy labels in about the training set's proportion: both draws once came from the same
+    permutation of the same seed, and every image of the subset had a noisy label."""
+    from sam.sharpness import fixed_subset
+
+    n, images = 5000, 256
+    clean = torch.arange(n) % 10
+    noisy, _ = add_label_noise(clean, 10, 0.4, "flip", seed=seed)  # 2,000 labels changed
+    index = torch.arange(n)
+    x = torch.stack([index // 256, index % 256, torch.zeros(n, dtype=torch.long)], 1)
+    x = x.to(torch.uint8).view(n, 3, 1, 1)  # each image spells its own index
+    xs, ys = fixed_subset(x, noisy, images, seed, (0.0,) * 3, (1.0,) * 3, "cpu")
+    digits = (xs[:, :2, 0, 0] * 255).round().long()
+    picked = digits[:, 0] * 256 + digits[:, 1]
+    assert torch.equal(ys, noisy[picked]) and len(set(picked.tolist())) == images
+    share = (noisy[picked] != clean[picked]).float().mean().item()
+    assert 0.25 < share < 0.55  # binomial around 0.4 (sd 0.03); the shared draw gave 1.0

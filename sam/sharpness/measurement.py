@@ -21,6 +21,7 @@ float64 on the CPU. ``dtype=float64`` gives the exact-arithmetic reference at tw
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -83,10 +84,16 @@ def fixed_subset(
     std: Sequence[float], device: torch.device | str,
 ) -> tuple[Tensor, Tensor]:
     """``min(images, N)`` training images drawn without replacement with a generator seeded
-    with ``seed`` (the global RNG is not used), un-augmented, normalized on ``device`` exactly
-    as :class:`sam.data.DeviceLoader` normalizes a training batch."""
+    from ``seed`` (the global RNG is not used), un-augmented, normalized on ``device`` exactly
+    as :class:`sam.data.DeviceLoader` normalizes a training batch.
+
+    The generator's seed is ``seed`` hashed with a name of its own: a permutation from
+    ``seed`` itself is the one that chooses the noisy labels (``dataset.label_noise``, noise
+    seed = run seed), and its first images would all be noisy ones."""
     n = min(images, len(x_uint8))
-    idx = torch.randperm(len(x_uint8), generator=torch.Generator().manual_seed(seed))[:n]
+    stream = hashlib.sha256(repr(("fixed_subset", int(seed))).encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(stream[:8], "little") >> 1)
+    idx = torch.randperm(len(x_uint8), generator=generator)[:n]
     x = x_uint8[idx].to(device)
     return Normalize(x.device, mean, std, cutout=False)(x), y[idx].to(device)
 
