@@ -2,10 +2,11 @@
 # All GPU checks in one go: scripts/bench.py for WRN-28-10 (ours vs the usual pipeline;
 # then with the recipes' m=32 shards; then ours under torch.compile, to decide whether
 # compile should be the CUDA default), two real sam-train epochs, the CUDA-marked tests,
-# bench.py for WRN-16-8, and the m-sharpness cost vs m. Writes
-# benchmarks/gpu_<date>_<card>.txt (the log, ending with a README-ready table) and
-# benchmarks/bench_<date>_<card>_<step>.json; with $OUT set, each file also lands there
-# as soon as it is written (the log live), 7 files in all. A failing or timed-out step
+# bench.py for WRN-16-8, the m-sharpness cost vs m, and the large-image DataLoader path
+# (scripts/bench_images.py: ImageNet-sized JPEGs, 224 crops, ResNet-50). Writes
+# benchmarks/gpu_<date>_<card>.txt (the log, ending with a README-ready table),
+# benchmarks/bench_<date>_<card>_<step>.json and benchmarks/images_<date>_<card>.json; with
+# $OUT set, each file also lands there as soon as it is written (the log live), 8 files. A failing or timed-out step
 # does not stop the later ones; the exit status is 0 only if every step passed.
 #
 #   bash scripts/gpu_check.sh             # on a machine with a CUDA GPU
@@ -18,8 +19,8 @@
 # Time budget: every step runs under `timeout -k 2 LIMIT`: 10 nvidia-smi + 20 wheels
 # + 20 preflight + 75 wrn28_10 + 75 wrn28_10 m=32 + 130 wrn28_10 compiled (mostly
 # compilation: two forward/backward graphs, as SAM's perturbed pass freezes the BatchNorm
-# statistics) + 60 sam-train epochs + 70 CUDA tests + 40 wrn16_8 + 35 m-sharpness + 15
-# summary = 550 s if every step ran out its time. The whole script stays within
+# statistics) + 60 sam-train epochs + 70 CUDA tests + 40 wrn16_8 + 35 m-sharpness + 90
+# images + 15 summary = 640 s if every step ran out its time. The whole script stays within
 # GPU_CHECK_BUDGET (default 470 s, the issue's 8 minutes less start-up): a step's limit
 # is cut to what is left (15 s kept for the summary), and a step with under 5 s left is
 # skipped and counted as failed. Estimated normal run on an H100: 5-6 minutes.
@@ -52,6 +53,8 @@ if [ "$DRY" = 1 ]; then
     TRAIN=(model=resnet20 batch_size=16 dataset.train_size=64 dataset.test_size=32
            eval_batch_size=32 device=cpu) TRAIN_N=64
     MSHARP=(--model resnet20 --batch 8 --m 2,8 --steps 1 --rounds 1 --device cpu)
+    IMAGES=(--images 12 --height 16 --width 20 --size 8 --batch 4 --workers 0
+            --model resnet20 --device cpu)
 else
     dest=benchmarks
     # 12,800 images = 50 batches: the reference DataLoader never starts a new epoch
@@ -63,6 +66,9 @@ else
     TRAIN=(model=wrn28_10 batch_size=256 dataset.train_size=7680 dataset.test_size=10000
            device=cuda) TRAIN_N=7680
     MSHARP=(--model resnet20 --batch 256 --m 1,4,16,64,256 --steps 2 --rounds 3 --device cuda)
+    # ImageNet-sized JPEGs decoded and cropped by 0, 4 and 8 workers, then one SAM epoch
+    IMAGES=(--images 2048 --height 375 --width 500 --size 224 --batch 128 --workers 0,4,8
+            --model resnet50 --device cuda)
 fi
 mkdir -p "$dest" || exit 1
 [ -n "${OUT:-}" ] && { mkdir -p "$OUT" || exit 1; }
@@ -169,6 +175,10 @@ if sys.argv[1] != "1":
     rm -f "$ms"
     step "m-sharpness" 35 "$PY" scripts/bench_msharpness.py "${MSHARP[@]}" --json "$ms"
     publish "$ms"
+    local images="$dest/images_${stamp}.json"  # not bench_*: the summary reads those
+    rm -f "$images"
+    step images 90 "$PY" scripts/bench_images.py "${IMAGES[@]}" --out "$images"
+    publish "$images"
     local made=("$dest"/bench_"${stamp}"_*.json)
     if [ -e "${made[0]}" ]; then
         step summary 15 "$PY" scripts/bench.py --summarize "${made[@]}"

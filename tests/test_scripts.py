@@ -60,7 +60,7 @@ def test_bench_msharpness_runs_on_cpu(tmp_path):
 
 GPU_CHECK_STEPS = ("preflight", "bench wrn28_10", "bench wrn28_10_m32",
                    "bench wrn28_10_compile", "sam-train 2 epochs", "CUDA tests",
-                   "bench wrn16_8", "m-sharpness")
+                   "bench wrn16_8", "m-sharpness", "images")
 
 
 def run_gpu_check_dry(tmp_path: Path, python: str,
@@ -86,7 +86,7 @@ def test_gpu_check_dry_run_delivers_every_result_to_out(tmp_path):
     expected = {f"bench_{stamp}_{step}.json"
                 for step in ("wrn28_10", "wrn28_10_m32", "wrn28_10_compile", "wrn16_8",
                              "msharpness", "sam_train")}
-    assert set(files) == expected | {log.name}
+    assert set(files) == expected | {log.name, f"images_{stamp}.json"}
     for step in ("wrn28_10", "wrn28_10_m32", "wrn28_10_compile", "wrn16_8"):
         result = json.loads(files[f"bench_{stamp}_{step}.json"].read_text())
         assert result["model"] == "resnet20" and result["compile"] is False
@@ -102,6 +102,9 @@ def test_gpu_check_dry_run_delivers_every_result_to_out(tmp_path):
     assert train["status"] == "complete" and len(train["history"]) == 2
     rows = json.loads(files[f"bench_{stamp}_msharpness.json"].read_text())["rows"]
     assert all(r["loop_s"] > 0 and r["best_over_plain_sam"] > 0 for r in rows)
+    images = json.loads(files[f"images_{stamp}.json"].read_text())  # the large-image path
+    assert images["loader"]["workers=0"] > 0
+    assert images["train"]["workers=0"]["images_per_sec"] > 0
     text = log.read_text()
     assert "## outcome" in text and text.rstrip().endswith("0 step(s) failed")
     for step in GPU_CHECK_STEPS:
