@@ -94,6 +94,17 @@ def check_image_config(cfg: Any) -> None:
     _options(d)
 
 
+def image_stats(d: Mapping[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) an image dataset's batches are normalized with: ``dataset.mean`` /
+    ``dataset.std``, ImageNet's where null; checked (3 values each, std > 0)."""
+    mean, std = (tuple(float(v) for v in d.get(k) or s) for k, s in
+                 (("mean", IMAGENET_STATS[0]), ("std", IMAGENET_STATS[1])))
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise UserError(f"dataset.mean={list(mean)} / dataset.std={list(std)}: give 3 "
+                        "values each (RGB, pixels in [0, 1]), std > 0")
+    return mean, std
+
+
 def _options(d: Mapping[str, Any]) -> dict[str, Any]:
     """The image settings of the dataset group, checked."""
     def positive_int(key: str, value: Any) -> int:
@@ -104,11 +115,7 @@ def _options(d: Mapping[str, Any]) -> dict[str, Any]:
     if d.get("num_classes") is None:
         raise UserError(f"dataset.num_classes is not set for dataset={d['name']}: set it to "
                         "the number of class folders under train/")
-    mean, std = (tuple(float(v) for v in d.get(k) or s) for k, s in
-                 (("mean", IMAGENET_STATS[0]), ("std", IMAGENET_STATS[1])))
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise UserError(f"dataset.mean={list(mean)} / dataset.std={list(std)}: give 3 "
-                        "values each (RGB, pixels in [0, 1]), std > 0")
+    mean, std = image_stats(d)
     scale = tuple(float(v) for v in d.get("crop_scale") or (0.08, 1.0))
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise UserError(f"dataset.crop_scale={list(scale)}: give [min, max] with "

@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sam import distributed
-from sam.data import IMAGENET_STATS, augment_options, dataset_options, load_splits, make_loader
-from sam.data.image_loader import IMAGE_SETS, image_loaders
+from sam.data import augment_options, dataset_options, load_splits, make_loader
+from sam.data.image_loader import IMAGE_SETS, image_loaders, image_stats
 from sam.errors import UserError
 from sam.optim import exclude_from_weight_decay, param_groups
 from sam.runtime import amp_settings, seed_everything
@@ -77,9 +77,8 @@ def model_inputs(cfg: DictConfig, data: Data) -> dict[str, Any]:
         return {}
     if data.splits is not None:
         mean, std = data.splits.mean, data.splits.std
-    else:  # the image sets normalize with dataset.mean/std, ImageNet's when null
-        mean = cfg.dataset.get("mean") or IMAGENET_STATS[0]
-        std = cfg.dataset.get("std") or IMAGENET_STATS[1]
+    else:  # the image sets' loaders: dataset.mean/std, ImageNet's when null
+        mean, std = image_stats(cfg.dataset)
     return {"in_mean": list(mean), "in_std": list(std)}
 
 
