@@ -295,6 +295,15 @@ def test_sam_on_without_normalization_layers_is_a_user_error():
     (["optim=sam_on", "optim.perturb=no_norm"], "sam_on perturb=no_norm"),
     (["optim=sam_multistep"], "sam ascent_steps=2"),
     (["optim=sam_second_order"], "sam second_order"), (["optim=sam_random"], "sam ascent=random"),
+    # a variant's own options off their defaults name a row of their own (an alpha sweep)
+    (["optim=looksam", "optim.alpha=0.2"], "looksam alpha=0.2"),
+    (["optim=looksam", "optim.k=10"], "looksam k=10"),
+    (["optim=gsam", "optim.alpha=0.1"], "gsam alpha=0.1"),
+    (["optim=gsam", "optim.rho_min=0.01", "optim.lr_min=0.001"],
+     "gsam rho_min=0.01 lr_min=0.001"),
+    (["optim=gsam", "optim.lr_min=0.001"], "gsam"),  # lr_min acts only with rho_min
+    (["optim.p=inf"], "sam p=inf"), (["optim.adaptive=true"], "sam adaptive"),
+    (["optim.adaptive=true", "optim.eta=0.0"], "sam adaptive eta=0.0"),
 ])
 def test_each_variant_has_the_report_name_of_its_docs(overrides, label):
     from sam.optim import variant_label

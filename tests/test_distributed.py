@@ -205,9 +205,9 @@ def test_sharded_autoaugment_loader_fetches_only_its_rows(monkeypatch, world, dr
     fetched: list[int] = []  # sample indices (= labels) passed to __getitem__
     getitem = _AADataset.__getitem__
 
-    def counting(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        fetched.append(item[0])
-        return getitem(self, item)
+    def counting(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        fetched.append(i)
+        return getitem(self, i)
 
     monkeypatch.setattr(_AADataset, "__getitem__", counting)
     full = _aa_loader(drop_last)

@@ -30,8 +30,8 @@ class _AADataset(torch.utils.data.Dataset):
 
     The order of the official SAM code (AutoAugment, then its basic crop and flip), and
     AutoAugment's geometric operations fill with grey 128, as the AutoAugment reference
-    does; the crop pads by `pad_mode`. Indexed by (index, seed): each sample's transform
-    runs under its own seed, so results do not depend on num_workers or on which worker
+    does; the crop pads by `pad_mode`. `WorkerLoader` fetches each sample under its own
+    seed (`SeededItems`), so results do not depend on num_workers or on which worker
     draws which sample.
     """
 
@@ -50,11 +50,8 @@ class _AADataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.x)
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        i, seed = item
-        with torch.random.fork_rng(devices=[]):  # leave the caller's CPU RNG untouched
-            torch.default_generator.manual_seed(seed)
-            return self.transform(self.x[i]), self.y[i]
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.transform(self.x[i]), self.y[i]
 
 
 class AutoAugmentLoader(WorkerLoader):

@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from sam.data.image_sets import (
     IMAGE_SETS,
@@ -39,30 +38,9 @@ from sam.errors import UserError
 IMAGE_AUGMENTS = ("none", "basic", "cutout")  # none: the eval view; basic: crop + flip
 
 
-class _Seeded(Dataset):
-    """``base[i]`` for items (i, seed), the transform drawing from a CPU RNG seeded with
-    ``seed`` (the caller's RNG state is left as it was)."""
-
-    def __init__(self, base: Dataset) -> None:
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, item: tuple[int, int]) -> Any:
-        i, seed = item
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            return self.base[i]
-
-
 class ImageLoader(WorkerLoader):
     """Normalized (x, y) batches on ``device`` from a Dataset of (uint8 (C, H, W), label),
     each item's transform under its own seed (`WorkerLoader`, whose arguments it takes)."""
-
-    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device | str,
-                 mean: tuple[float, ...], std: tuple[float, ...], **options: Any) -> None:
-        super().__init__(_Seeded(dataset), batch_size, device, mean, std, **options)
 
 
 # ---------------------------------------------------------------------------- from a config

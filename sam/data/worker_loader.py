@@ -2,8 +2,8 @@
 `WorkerLoader`, the base of `AutoAugmentLoader` (torchvision's AutoAugment per CIFAR image)
 and `ImageLoader` (large-image files).
 
-The order and one seed per sample are drawn from (seed, epoch) (`_EpochSampler`); the
-dataset is indexed by (index, seed) and runs each sample's transform under its seed, so
+The order and one seed per sample are drawn from (seed, epoch) (`_EpochSampler`); each
+item is fetched under its own seed (`SeededItems`: the transform's random draws), so
 batches depend neither on the number of workers nor on which worker drew which sample,
 and a resumed pass replays them. Under DDP a rank fetches only its rows of every global
 batch (`shard_rows`, `set_shard`).
@@ -13,11 +13,29 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sam.data.device_loader import Normalize, _num_batches, _seed
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """``base[i]`` for items (i, seed), its transform drawing from the CPU RNG seeded with
+    ``seed`` (the caller's RNG state is left as it was)."""
+
+    def __init__(self, base: torch.utils.data.Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        i, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return self.base[i]
 
 
 class _EpochSampler(torch.utils.data.Sampler):
@@ -75,8 +93,8 @@ class _ShardBatchSampler(torch.utils.data.Sampler):
 
 
 class WorkerLoader:
-    """DeviceLoader's interface over a Dataset indexed by (index, seed) whose items are
-    (uint8 (C, H, W), label): normalized (x, y) batches on ``device``.
+    """DeviceLoader's interface over a Dataset of (uint8 (C, H, W), label) items, each
+    fetched under its own seed (`SeededItems`): normalized (x, y) batches on ``device``.
 
     ``shuffle``: a new order each epoch, drawn from (seed, epoch); ``drop_last``: leave out
     the short last batch (training). ``num_workers`` > 0: that many persistent worker
@@ -98,7 +116,7 @@ class WorkerLoader:
         self.batches = _ShardBatchSampler(self.sampler, batch_size, drop_last)
         self._non_blocking = self.device.type == "cuda"
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=self.batches, num_workers=num_workers,
+            SeededItems(dataset), batch_sampler=self.batches, num_workers=num_workers,
             pin_memory=self._non_blocking, persistent_workers=num_workers > 0)
         self._finish = Normalize(self.device, mean, std, cutout=cutout,
                                  cutout_per_image=cutout_per_image)

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .batchnorm import _batch_norms, frozen_bn_stats
+from .batchnorm import MeanBNUpdate, frozen_bn_stats
 from .ddp import _average_across_ranks
 from .passes import AscentContext, _forward_backward
 from .rng import RngReplay
@@ -142,23 +142,15 @@ def _micro_batches(model: nn.Module, x: Tensor, y: Tensor, piece: int,
     examples (each leaves its gradient added to p.grad); each piece's forward starts from
     the same BatchNorm buffers, which end with the mean of the pieces' updates. Returns
     (sum_j loss_j / n, the outputs in order)."""
-    bn_buffers = [b for bn in _batch_norms(model) if bn.track_running_stats
-                  for b in (bn.running_mean, bn.running_var, bn.num_batches_tracked)
-                  if b is not None]
-    start = [b.clone() for b in bn_buffers]
-    bn_sum = [torch.zeros_like(b, dtype=torch.float64) for b in bn_buffers]
+    bn = MeanBNUpdate(model)
     losses, outs = [], []
     for xs, ys in zip(x.split(piece), y.split(piece), strict=True):
-        if bn_buffers:
-            torch._foreach_copy_(bn_buffers, start)
+        bn.start()
         loss, out = step(xs, ys)
+        bn.add()
         losses.append(loss)
         outs.append(out)
-        for total, b in zip(bn_sum, bn_buffers, strict=True):
-            total.add_(b)
-    with torch.no_grad():
-        for b, total in zip(bn_buffers, bn_sum, strict=True):
-            b.copy_(total / len(losses))
+    bn.finish()
     return torch.stack(losses).sum(), torch.cat(outs)
 
 

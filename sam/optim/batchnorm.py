@@ -6,6 +6,8 @@ and how one pass normalises k shards with their own statistics.
 * ``ghost_batchnorm``: a batch of k shards of m examples normalised shard by shard, as
   k accelerators without synchronised BatchNorm would (m-sharpness, SGD with shards).
 * ``fp32_batchnorm_inputs``: float32 BatchNorm inputs, for vmap under autocast.
+* ``MeanBNUpdate``: pieces of a batch run one by one (shards, micro-batches), each from
+  the same running statistics, which end with the mean of the pieces' updates.
 """
 
 from __future__ import annotations
@@ -21,6 +23,35 @@ from torch import Tensor, nn
 
 def _batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+class MeanBNUpdate:
+    """The running statistics of a batch run in pieces, as k accelerators would update
+    them: ``start()`` before each piece's forward puts back the buffers the step began
+    with, ``add()`` after it counts the piece's update, ``finish()`` leaves their mean,
+        r <- mean_j(r_j)   (num_batches_tracked included; summed in float64)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.buffers = [b for bn in _batch_norms(model) if bn.track_running_stats
+                        for b in (bn.running_mean, bn.running_var, bn.num_batches_tracked)
+                        if b is not None]
+        self.initial = [b.clone() for b in self.buffers]
+        self.total = [torch.zeros_like(b, dtype=torch.float64) for b in self.buffers]
+        self.pieces = 0
+
+    def start(self) -> None:
+        if self.buffers:
+            torch._foreach_copy_(self.buffers, self.initial)
+
+    def add(self) -> None:
+        for total, b in zip(self.total, self.buffers, strict=True):
+            total.add_(b)
+        self.pieces += 1
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        for b, total in zip(self.buffers, self.total, strict=True):
+            b.copy_(total / self.pieces)
 
 
 @contextmanager

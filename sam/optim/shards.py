@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .batchnorm import _batch_norms
+from .batchnorm import MeanBNUpdate
 from .passes import AscentContext, _sam_shard
 
 
@@ -37,30 +37,23 @@ def _shards(model, optimizer, x, y, m, shard_step,
     params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
     # every shard's clean pass starts from the same BN buffers (num_batches_tracked
     # included), so each ends with one update from its own statistics; we keep the mean
-    bn_buffers = [b for bn in _batch_norms(model) if bn.track_running_stats
-                  for b in (bn.running_mean, bn.running_var, bn.num_batches_tracked)
-                  if b is not None]
-    start = [b.clone() for b in bn_buffers]
-    bn_sum = [torch.zeros_like(b, dtype=torch.float64) for b in bn_buffers]
+    bn = MeanBNUpdate(model)
     grad_sum = [torch.zeros_like(p) for p in params]
     used = [not keep_unused_none] * len(params)
     losses, outs = [], []
     for xs, ys in zip(x.split(m), y.split(m), strict=True):
-        if bn_buffers:
-            torch._foreach_copy_(bn_buffers, start)
+        bn.start()
         optimizer.zero_grad(set_to_none=True)
         loss, out = shard_step(xs, ys)
+        bn.add()
         losses.append(loss)
         outs.append(out)
-        for total, b in zip(bn_sum, bn_buffers, strict=True):
-            total.add_(b)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         used = [u or p.grad is not None for u, p in zip(used, params, strict=True)]
         torch._foreach_add_(grad_sum, grads)
-    shards = len(losses)
+    bn.finish()
     with torch.no_grad():
-        for b, total in zip(bn_buffers, bn_sum, strict=True):
-            b.copy_(total / shards)
-        for p, g, u in zip(params, torch._foreach_div(grad_sum, shards), used, strict=True):
+        for p, g, u in zip(params, torch._foreach_div(grad_sum, len(losses)), used,
+                           strict=True):
             p.grad = g if u else None
     return torch.stack(losses).mean(), torch.cat(outs)

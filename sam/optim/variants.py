@@ -7,10 +7,15 @@ weight decay on 1-d parameters (``exclude_from_weight_decay``, any optimizer).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
+
+from .gsam import GSAM
+from .looksam import LookSAM
+from .sam import SAM
 
 # normalization layers: BatchNorm/InstanceNorm (_NormBase), LayerNorm, GroupNorm
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
@@ -56,8 +61,11 @@ def exclude_from_weight_decay(groups: list[dict[str, Any]]) -> list[dict[str, An
 
 def variant_label(optim: Mapping[str, Any]) -> str:
     """The name a run's SAM variant goes by in the report: the optim group's ``variant``
-    (sam, gsam, looksam, sam_on), plus any ablation that is on, e.g. "sam ascent_steps=3",
-    "sam second_order", "sam ascent=random", "sam perturb=no_norm"."""
+    (sam, gsam, looksam, sam_on), plus any ablation that is on and any of the variant's
+    own options off its default, so that runs differing in one get rows of their own:
+    e.g. "sam ascent_steps=3", "sam second_order", "sam ascent=random",
+    "sam perturb=no_norm", "looksam alpha=0.2", "gsam rho_min=0.01", "sam p=inf",
+    "sam adaptive" (ASAM)."""
     label = str(optim.get("variant", "sam"))
     perturb = optim.get("perturb", "norm" if label == "sam_on" else "all")
     if label == "sam" and perturb == "norm":
@@ -70,7 +78,26 @@ def variant_label(optim: Mapping[str, Any]) -> str:
         label += f" ascent={optim['ascent']}"
     if perturb != ("norm" if label.startswith("sam_on") else "all"):
         label += f" perturb={perturb}"
+    for name, default in _OWN_DEFAULTS.get(str(optim.get("variant", "sam")), {}).items():
+        if name == "lr_min" and optim.get("rho_min") is None:
+            continue  # lr_min only places rho_min on the schedule
+        if name in optim and optim[name] != default:
+            label += f" {name}={optim[name]}"
+    if optim.get("p", 2) != 2:
+        label += " p=inf"
+    if optim.get("adaptive", False):
+        eta = optim.get("eta", _default(SAM, "eta"))
+        label += " adaptive" + (f" eta={eta}" if eta != _default(SAM, "eta") else "")
     return label
+
+
+def _default(cls: type, name: str) -> Any:
+    return inspect.signature(cls.__init__).parameters[name].default
+
+
+# the options of each variant's own rule, with the defaults of its class
+_OWN_DEFAULTS = {"gsam": {n: _default(GSAM, n) for n in ("alpha", "rho_min", "lr_min")},
+                 "looksam": {n: _default(LookSAM, n) for n in ("k", "alpha")}}
 
 
 def _is_int(value: Any) -> bool:
