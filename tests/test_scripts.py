@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -138,3 +139,29 @@ def test_gpu_check_goes_on_after_failures_and_says_so(tmp_path):
         assert any(line.startswith(step) and "FAILED" in line for line in text.splitlines())
     (count,) = [line.split()[0] for line in text.splitlines() if line.endswith("step(s) failed")]
     assert int(count) >= len(GPU_CHECK_STEPS)
+
+
+def test_looksam_trace_records_sam_steps_every_k_and_the_reuse_steps_between():
+    """scripts/looksam_trace.py's bookkeeping: with k=5 the steps 0 and 5 are SAM steps
+    (the ratio |g_v|/|g_s| of a vector and its orthogonal part: in [0, 1]), 1-4 reuse
+    steps (a cosine); SGD and SAM record the loss only."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("looksam_trace",
+                                                  REPO / "scripts" / "looksam_trace.py")
+    trace = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trace)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, 32, 32, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    records = trace.train("looksam", x, y, steps=7, alpha=0.7, k=5, seed=0, batch=8)
+    assert [sorted(r) for r in records] == [["gv_over_gs", "loss"]] + [
+        ["cos_gv_g", "loss"]] * 4 + [["gv_over_gs", "loss"]] + [["cos_gv_g", "loss"]]
+    assert all(0 <= r["gv_over_gs"] <= 1 for r in records if "gv_over_gs" in r)
+    assert all(-1 <= r["cos_gv_g"] <= 1 for r in records if "cos_gv_g" in r)
+    for name in ("sgd", "sam"):
+        assert [list(r) for r in trace.train(name, x, y, 3, 0.0, 5, 0, batch=8)] == [
+            ["loss"]] * 3
+    windows = trace.summarize(records, window=5)
+    assert [w["step"] for w in windows] == [0, 5]
+    assert windows[0]["cos_gv_g"] == pytest.approx(
+        sum(r["cos_gv_g"] for r in records[1:5]) / 4)
