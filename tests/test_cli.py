@@ -272,11 +272,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
 
 @pytest.mark.slow
 def test_real_cifar10_subset_sgd_and_sam_learn(real_cifar_root, tmp_path):
-    """A few hundred steps on real CIFAR-10: both optimizers far above chance (90% error)."""
+    """150 steps on real CIFAR-10 (3,200 images, 3 epochs): both optimizers far above chance
+    (90% error); measured 57.5% (SGD) and 61.0% (SAM)."""
     for optim in ("sgd", "sam"):
         run_dir = tmp_path / optim
         sam_train(f"optim={optim}", "dataset=cifar10", f"data_dir={real_cifar_root}",
-                  "dataset.verify=false", "dataset.subset=6400", "dataset.test_subset=2000",
+                  "dataset.verify=false", "dataset.subset=3200", "dataset.test_subset=1000",
                   "model=resnet20", "batch_size=64", "epochs=3", "lr=0.05",
                   f"hydra.run.dir={run_dir}")
         r = results(run_dir)
