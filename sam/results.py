@@ -8,9 +8,11 @@ results.json of one run (errors are percentages, 0-100):
     error           null or the one-line reason of a failure
     diverged_at     {epoch, step} where the loss became NaN/inf (status "diverged" only)
     summary         {dataset, model, augment, optim, rho, m, epochs, seed, batch_size,
-                     lr, lam, eval_split, fidelity, label_noise, variant}: the keys a
-                     report groups runs by (variant: the SAM variant's name, e.g. "sam",
-                     "gsam", "sam ascent_steps=2"; null for SGD; absent before: "sam")
+                     lr, lam, eval_split, fidelity, label_noise, variant, init_seed}: the
+                     keys a report groups runs by (variant: the SAM variant's name, e.g.
+                     "sam", "gsam", "sam ascent_steps=2"; null for SGD; absent before:
+                     "sam"; init_seed: the initial weights' seed, null = each run's seed,
+                     absent before: null)
     overrides       the Hydra task overrides of the run
     config          the fully resolved config
     history         one dict per finished epoch: epoch, train_loss, train_error,
@@ -31,6 +33,9 @@ results.json of one run (errors are percentages, 0-100):
     final           the last epoch's metrics (never the best epoch) or null
     wall_time_s, images_per_sec, device, precision (of the latest session), versions,
                     started_at, updated_at
+    fp32_precision  {setting, conv, matmul}: fidelity.fp32_precision and what convolutions
+                    and matmuls computed in (tf32, fp32, or the amp dtype) in the latest
+                    session (absent before: torch's defaults)
 """
 
 from __future__ import annotations
@@ -38,12 +43,17 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
+import re
+import shlex
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sam.errors import UserError
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
@@ -53,7 +63,9 @@ SCHEMA_VERSION = 1
 RESUME_FREE_KEYS = ("device", "progress", "data_dir", "compile", "nan_check_every",
                     "checkpoint_every_steps",
                     "eval_batch_size", "dataset.data_dir", "dataset.download",
-                    "dataset.verify", "dataset.fallback_synthetic", "sharpness")
+                    "dataset.verify", "dataset.fallback_synthetic", "sharpness",
+                    # like amp=auto, a device's precision; results.json records what it was
+                    "fidelity.fp32_precision")
 # config keys added since runs were first recorded, with the value that a config
 # recorded before the key existed trained with
 KEYS_ADDED = {
@@ -61,7 +73,8 @@ KEYS_ADDED = {
     # the fidelity group (configs/fidelity): before it, runs trained as fidelity=pytorch
     "fidelity": {"name": "pytorch", "wd_mode": "base", "max_grad_norm": None,
                  "model_style": "pytorch", "cutout_per_image": True,
-                 "autoaugment": "torchvision", "true_gradient": False},
+                 "autoaugment": "torchvision", "true_gradient": False, "init_seed": None,
+                 "fp32_precision": "default", "dataset_stats": "train"},
     "optim.wd_mode": "base",
     "optim.max_grad_norm": None,
     "model.style": "pytorch",
@@ -82,6 +95,10 @@ KEYS_ADDED = {
     "label_smoothing": 0.0,
     "wd_exclude_norm_bias": False,
     "bn_eval_mode": False,
+    # issue 33: the initial weights' seed (null: the run seed, as every run before it)
+    "init_seed": None,
+    "fidelity.init_seed": None,
+    "fidelity.dataset_stats": "train",  # SVHN / Fashion-MNIST: the training set's mean/std
 }
 # optim=sgd was torch.optim.SGD itself; sam.optim.Descent with wd_mode=base and no
 # clipping trains exactly as it did
@@ -99,11 +116,6 @@ def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of a run's resolved config as far as it decides what is trained: without
     RESUME_FREE_KEYS, with KEYS_ADDED filled in where a config predates them."""
     out = copy.deepcopy(config)
-    for key in RESUME_FREE_KEYS:
-        *parents, leaf = key.split(".")
-        node = _node(out, parents)
-        if isinstance(node, dict):
-            node.pop(leaf, None)
     optim = out.get("optim")
     if isinstance(optim, dict) and optim.get("_target_") == "torch.optim.SGD":
         optim.update(copy.deepcopy(LEGACY_SGD))
@@ -112,6 +124,14 @@ def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
         node = _node(out, parents)
         if isinstance(node, dict):
             node.setdefault(leaf, copy.deepcopy(value))
+    for key in RESUME_FREE_KEYS:  # after the fill: an added key may be resume-free too
+        *parents, leaf = key.split(".")
+        node = _node(out, parents)
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    for node in (out, out.get("fidelity")):  # init_seed = seed trains as null (= seed)
+        if isinstance(node, dict) and node.get("init_seed") == out.get("seed"):
+            node["init_seed"] = None
     return out
 
 
@@ -229,7 +249,11 @@ def _torch_save(state: dict[str, Any], f: Any) -> None:
 def load_checkpoint(
     path: str | Path,
 ) -> tuple[dict[str, Any] | None, Path | None, str | None]:
-    """Load ``path``, falling back to ``*.prev.pt`` when it is missing or corrupt.
+    """Load ``path`` as data (``torch.load(weights_only=True)``: tensors, dicts, lists,
+    numbers, strings), falling back to ``*.prev.pt`` when it is missing or corrupt. A file
+    that holds other objects (a pickled class or function: loading it could run code) is
+    refused with a UserError naming the opt-in that converts it (TRUST_COMMAND), never
+    loaded otherwise and never skipped for an older file.
 
     Returns (state or None, the file it came from or None, a note about a fallback or
     an unreadable file, or None)."""
@@ -240,8 +264,10 @@ def load_checkpoint(
         if not candidate.exists():
             continue
         try:
-            state = torch.load(candidate, map_location="cpu", weights_only=False)
+            state = torch.load(candidate, map_location="cpu", weights_only=True)
         except Exception as err:  # a truncated or corrupted file: try the older one
+            if unsafe := _unsafe_globals(candidate, err):
+                raise UserError(refusal(candidate, unsafe)) from None
             note = f"checkpoint {candidate} is unreadable ({type(err).__name__})"
             continue
         if candidate == prev:
@@ -249,3 +275,31 @@ def load_checkpoint(
                 f"; falling back to the previous one, {prev.name}"
         return state, candidate, note
     return None, None, note
+
+
+# the one opt-in that loads a checkpoint with the full unpickler (docs/reliability.md,
+# "Security")
+TRUST_COMMAND = "python -m sam.cli.trust_checkpoint {path} --i-trust-this-file"
+_GLOBAL = re.compile(r"unsupported global:? GLOBAL ([\w.]+)", re.IGNORECASE)
+
+
+def refusal(path: str | Path, unsafe: list[str]) -> str:
+    """The one line refusing a checkpoint that holds the objects ``unsafe`` names."""
+    shown = ", ".join(unsafe[:3]) + (f" and {len(unsafe) - 3} more" if len(unsafe) > 3 else "")
+    command = TRUST_COMMAND.format(path=shlex.quote(str(path)))
+    return (f"checkpoint {path} holds pickled objects, not only tensors and plain data "
+            f"({shown}): loading it could run code, so it is refused; if you trust where it "
+            f"came from, convert it once with `{command}`")
+
+
+def _unsafe_globals(path: Path, err: Exception) -> list[str]:
+    """The classes and functions that made the safe loader refuse ``path`` (a static scan
+    of its pickle, else the name in torch's error); [] when the file is merely unreadable."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return []
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint (torch's legacy format) or truncated
+        found = []
+    names = found or _GLOBAL.findall(str(err))
+    return sorted(set(names), key=lambda n: (n.startswith("builtins."), n))  # the telling first

@@ -65,6 +65,38 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def set_fp32_precision(mode: str) -> None:
+    """How CUDA computes fp32 convolutions and matmuls for the rest of the process: "tf32"
+    (TensorFloat-32 on Ampere and later), "ieee" (strict fp32), or "default" (torch's own,
+    left untouched). torch >= 2.9's per-backend ``fp32_precision`` flags where they exist,
+    else the ``allow_tf32`` ones (the two may not be mixed)."""
+    if mode == "default":
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        conv.fp32_precision = mode
+        torch.backends.cuda.matmul.fp32_precision = mode
+    else:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+
+
+def fp32_precision(device: torch.device, amp_dtype: torch.dtype | None) -> dict[str, str]:
+    """What this process's convolutions and matmuls compute in, for results.json: the
+    autocast dtype (bf16, fp16) under amp, else "tf32" where the CUDA card has TF32 units
+    and the flags allow it, else "fp32"."""
+    if amp_dtype is not None:
+        name = precision_name(amp_dtype)
+        return {"conv": name, "matmul": name}
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+        return {"conv": "fp32", "matmul": "fp32"}
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        flags = {"conv": conv.fp32_precision, "matmul": torch.backends.cuda.matmul.fp32_precision}
+        return {k: "tf32" if v == "tf32" else "fp32" for k, v in flags.items()}
+    return {"conv": "tf32" if torch.backends.cudnn.allow_tf32 else "fp32",
+            "matmul": "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"}
+
+
 def rng_state(device: torch.device) -> dict[str, Tensor | None]:
     """This process's torch RNG state: the CPU generator and ``device``'s CUDA one."""
     return {"cpu": torch.get_rng_state(),
@@ -92,15 +124,23 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and any(probe is not None and probe() for probe in probes)
 
 
-def amp_settings(amp: str, device: torch.device):
-    """(autocast dtype or None, GradScaler or None) for the ``amp`` setting (auto, bf16,
-    fp16, off) on this device (``validate`` has refused fp16 off CUDA); auto is bf16 where
-    the device computes it natively, else fp32."""
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the ``amp`` setting (auto, bf16, fp16, off) on this device, None
+    for fp32; auto is bf16 where the device computes it natively, else fp32."""
     if amp == "auto":
         amp = "bf16" if native_bf16(device) else "off"
-    if amp == "fp16":
-        return torch.float16, torch.amp.GradScaler("cuda")
-    return (torch.bfloat16 if amp == "bf16" else None), None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+
+
+def grad_scaler(amp_dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """fp16's loss scaler (CUDA; ``validate`` has refused fp16 elsewhere), else None."""
+    return torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+
+def amp_settings(amp: str, device: torch.device):
+    """(autocast dtype or None, GradScaler or None) for the ``amp`` setting on ``device``."""
+    dtype = autocast_dtype(amp, device)
+    return dtype, grad_scaler(dtype)
 
 
 def precision_name(amp_dtype: torch.dtype | None) -> str:

@@ -41,3 +41,35 @@ def stub_srun(folder: Path, monkeypatch) -> None:
     (folder / "srun").write_text("#!/bin/sh\nexit 0\n")
     (folder / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+
+
+def settings_of(cfg: DictConfig):
+    """The typed settings sam-train reads from a composed config (``sam.settings``)."""
+    from sam.settings import read_settings
+
+    return read_settings(OmegaConf.to_container(cfg, resolve=True))
+
+
+def splits_of(cfg: DictConfig):
+    """``sam.data.load_splits`` on a composed config's dataset settings and seed."""
+    from sam.data import load_splits
+
+    s = settings_of(cfg)
+    return load_splits(s.dataset, s.seed)
+
+
+def console_in_process(monkeypatch, capsys, prog: str, main, *args: str) -> tuple[int, str, str]:
+    """A console script's entry point ``main`` in this process (no interpreter start):
+    exit status, stdout, stderr."""
+    import sys
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # the guard sets both; restored afterwards
+    monkeypatch.setenv("SAM_FULL_ERROR", "0")
+    monkeypatch.setattr(sys, "argv", [prog, *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -24,6 +24,7 @@ from sam.train import (
     _refuse_other_world_size,
     amp_settings,
     precision_change,
+    validate,
 )
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -209,9 +210,9 @@ def test_a_config_from_before_pad_mode_resumes_with_zero_padding_only(tmp_path):
 def test_autoaugment_run_from_before_the_reorder_is_not_resumed(tmp_path):
     aa = _config("augment=autoaugment")
     with pytest.raises(UserError, match="AutoAugment ran after the crop"):
-        _refuse_changed_semantics({"semantics": 2}, aa, tmp_path)
-    _refuse_changed_semantics({"semantics": SEMANTICS}, aa, tmp_path)
-    _refuse_changed_semantics({"semantics": 2}, _config("augment=cutout"), tmp_path)
+        _refuse_changed_semantics({"semantics": 2}, *validate(aa), tmp_path)
+    _refuse_changed_semantics({"semantics": SEMANTICS}, *validate(aa), tmp_path)
+    _refuse_changed_semantics({"semantics": 2}, *validate(_config("augment=cutout")), tmp_path)
 
 
 def test_a_sweep_job_refused_before_it_began_does_not_block_its_rerun(tmp_path):
@@ -234,8 +235,8 @@ def test_a_checkpoint_of_another_process_count_is_not_resumed(tmp_path):
     """The per-rank batch sets BatchNorm's batches and SAM's per-rank eps: a run written
     by 2 ranks (2 RNG states) does not go on in 1 process, nor the other way round."""
     with pytest.raises(UserError, match=r"trained by 2 process\(es\), this is 1"):
-        _refuse_other_world_size({"rng_ranks": [{}, {}]}, tmp_path)
-    _refuse_other_world_size({"rng_ranks": None}, tmp_path)
+        _refuse_other_world_size({"rng_ranks": [{}, {}]}, 1, tmp_path)
+    _refuse_other_world_size({"rng_ranks": None}, 1, tmp_path)
 
 
 def test_cifar_files_on_disk_go_through_the_real_loader(tmp_path):

@@ -4,13 +4,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import settings_of, splits_of
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sam.errors import UserError
 from sam.optim import SAM
-from sam.train import build_optimizer, load_splits, validate
+from sam.train import build_optimizer, validate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -65,7 +67,7 @@ def test_model_configs_resolve(name):
 def test_optim_configs_instantiate(name):
     cfg = make(f"optim={name}", "lr=0.3", "lam=1e-3", "rho=0.2")
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))  # SAM-ON: norm
-    opt = build_optimizer(cfg, model)
+    opt = build_optimizer(settings_of(cfg), model)
     group = opt.param_groups[0]
     # fidelity=official (the default): lambda is the L2 term of the loss, the base has none
     assert group["lr"] == 0.3 and group["l2"] == 1e-3 and group["weight_decay"] == 0
@@ -107,6 +109,16 @@ def test_experiments_resolve_and_validate(name):
 def test_paper_recipes_state_their_precision_and_train_as_the_official_code(name):
     cfg = make(f"experiment={name}")
     assert cfg.amp == "off" and cfg.fidelity.name == "official"  # fp32, as the official code
+
+
+@pytest.mark.parametrize("name", options("experiment/_base"))
+def test_a_base_the_recipes_share_is_refused_on_its_own(name):
+    """experiment/_base holds values the recipes pull in through their defaults; selected
+    alone, one must not train (a missing network or epoch count stops it)."""
+    with pytest.raises((UserError, OmegaConfBaseException)):
+        cfg = make(f"experiment=_base/{name}")
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        validate(cfg)
 
 
 def test_paper_experiment_uses_paper_rho_per_dataset():
@@ -155,7 +167,7 @@ def test_rho_search_holds_out_ten_percent():
     (["optim.eta=-1"], "optim.eta=-1"),
     (["epochs=2", "schedule.warmup_epochs=10"], "schedule.warmup_epochs=10"),
     (["schedule.warmup_epochs=-1"], "schedule.warmup_epochs=-1"),
-    (["schedule.warmup_epochs=abc"], "schedule.warmup_epochs=abc"),
+    (["schedule.warmup_epochs=abc"], "schedule.warmup_epochs='abc'"),  # strings quoted
     (["schedule=step", "schedule.gamma=-1"], "schedule.gamma=-1"),
     (["schedule=step", "schedule.milestones=[0.3,2.0]"], "schedule.milestones"),
     (["dataset.val_fraction=abc"], "dataset.val_fraction"),
@@ -177,7 +189,7 @@ def test_synthetic_fallback_keeps_subset_and_validation_split(tmp_path, monkeypa
     monkeypatch.delenv("SAM_DATA", raising=False)
     cfg = make("dataset=cifar10", "data_dir=data", "dataset.fallback_synthetic=true",
                "dataset.subset=300", "dataset.val_fraction=0.25")
-    splits = load_splits(cfg)
+    splits = splits_of(cfg)
     assert (len(splits.train_x), len(splits.test_x), splits.eval_split) == (225, 75, "val")
 
 
@@ -221,7 +233,7 @@ def test_sgd_is_a_descent_with_the_fidelity_conventions(fidelity):
     from sam.optim import Descent
 
     cfg = make(f"fidelity={fidelity}", "optim=sgd")
-    opt = build_optimizer(cfg, torch.nn.Linear(2, 2))
+    opt = build_optimizer(settings_of(cfg), torch.nn.Linear(2, 2))
     assert isinstance(opt, Descent) and not isinstance(opt, SAM)
     assert isinstance(opt.base_optimizer, torch.optim.SGD)
     assert opt.max_grad_norm == (5.0 if fidelity == "official" else None)
@@ -236,15 +248,30 @@ def test_variant_configs_build_their_paper_optimizers():
     from sam.optim import GSAM, LookSAM
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    gsam = build_optimizer(make("optim=gsam"), model)
+    gsam = build_optimizer(settings_of(make("optim=gsam")), model)
     assert isinstance(gsam, GSAM) and gsam.alpha == 0.4
     assert gsam.param_groups[0]["rho_min"] == gsam.param_groups[0]["rho_max"] == 0.05
-    looksam = build_optimizer(make("optim=looksam"), model)
+    looksam = build_optimizer(settings_of(make("optim=looksam")), model)
     assert isinstance(looksam, LookSAM) and (looksam.k, looksam.alpha) == (5, 0.7)
-    on = build_optimizer(make("optim=sam_on", "rho=0.5"), model)  # BatchNorm: rho, rest 0
+    on = build_optimizer(settings_of(make("optim=sam_on", "rho=0.5")), model)  # BN: rho
     assert [(len(g["params"]), g["rho"]) for g in on.param_groups] == [(2, 0.5), (2, 0.0)]
-    random = build_optimizer(make("optim.ascent=random", "seed=3"), model)
+    random = build_optimizer(settings_of(make("optim.ascent=random", "seed=3")), model)
     assert (random.ascent, random.seed) == ("random", 3)
+
+
+@pytest.mark.parametrize("name", ["gsam", "looksam"])
+def test_gsam_and_looksam_extend_sam_and_their_earlier_runs_resume(name):
+    """optim/{gsam,looksam}.yaml take sam.yaml's options; the SAM ablation switches they
+    gained stay off, so a run recorded without them compares equal (KEYS_ADDED)."""
+    from sam.results import comparable_config
+
+    sam, variant = make().optim, make(f"optim={name}").optim
+    shared = set(sam) - {"_target_", "variant"}
+    assert shared <= set(variant) and all(variant[k] == sam[k] for k in shared)
+    new = OmegaConf.to_container(make(f"optim={name}"))
+    old = {**new, "optim": {k: v for k, v in new["optim"].items()
+                            if k not in ("ascent_steps", "second_order", "ascent")}}
+    assert comparable_config(old) == comparable_config(new)
 
 
 def test_a_sam_run_recorded_before_the_variants_resumes():
@@ -264,8 +291,8 @@ def test_a_sam_run_recorded_before_the_variants_resumes():
     (["optim=gsam", "m=32", "m_impl=vmap"], "m_impl=loop"),
     (["optim.ascent_steps=2", "optim.second_order=true"], "separate ablations"),
     (["optim.ascent_steps=0"], "optim.ascent_steps=0"),
-    (["optim.ascent=sideways"], "optim.ascent=sideways"),
-    (["optim.perturb=bn"], "optim.perturb=bn"),
+    (["optim.ascent=sideways"], "optim.ascent='sideways'"),  # strings quoted
+    (["optim.perturb=bn"], "optim.perturb='bn'"),
     (["optim.second_order=true", "optim.p=inf"], "optim.p=2"),
 ])
 def test_validate_refuses_variant_combinations_in_one_line(overrides, words):
@@ -286,7 +313,7 @@ def test_validate_refuses_variant_hyperparameters(overrides, words):
 
 def test_sam_on_without_normalization_layers_is_a_user_error():
     with pytest.raises(UserError, match="no normalization layer"):
-        build_optimizer(make("optim=sam_on"), torch.nn.Linear(2, 2))
+        build_optimizer(settings_of(make("optim=sam_on")), torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("overrides, label", [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import settings_of
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -204,17 +205,17 @@ def _compose(*overrides: str):
 @pytest.mark.parametrize("fidelity, per_image, policy", [("official", False, "official"),
                                                          ("pytorch", True, "torchvision")])
 def test_augment_group_follows_fidelity(fidelity, per_image, policy):
-    aa = _compose(f"fidelity={fidelity}", "augment=autoaugment").augment
+    aa = settings_of(_compose(f"fidelity={fidelity}", "augment=autoaugment")).augment
     assert augment_options(aa) == {"pad_mode": "reflect", "num_workers": 4,
                                    "cutout_per_image": per_image, "policy": policy}
-    cut = augment_options(_compose(f"fidelity={fidelity}", "augment=cutout").augment)
+    cut = augment_options(settings_of(_compose(f"fidelity={fidelity}", "augment=cutout")).augment)
     assert cut["cutout_per_image"] is per_image
-    basic = augment_options(_compose(f"fidelity={fidelity}", "augment=basic").augment)
+    basic = augment_options(settings_of(_compose(f"fidelity={fidelity}", "augment=basic")).augment)
     assert basic == {"pad_mode": "reflect", "num_workers": 0, "cutout_per_image": True,
                      "policy": "torchvision"}  # absent keys: what runs had before them
     long_form = _compose(f"fidelity={fidelity}", "augment=autoaugment",
                          f"augment.policy={'official' if per_image else 'torchvision'}")
-    assert augment_options(long_form.augment)["policy"] != policy
+    assert augment_options(settings_of(long_form).augment)["policy"] != policy
 
 
 @pytest.mark.parametrize("overrides, words", [
@@ -226,7 +227,7 @@ def test_augment_group_follows_fidelity(fidelity, per_image, policy):
 ])
 def test_bad_augment_settings_are_user_errors(overrides, words):
     with pytest.raises(UserError, match=words) as err:
-        augment_options(_compose(*overrides).augment)
+        augment_options(settings_of(_compose(*overrides)).augment)
     assert ": " in str(err.value) and "\n" not in str(err.value)
 
 

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -25,13 +26,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from helpers import free_port
-from omegaconf import OmegaConf
+from helpers import compose_train, free_port, settings_of
 from torch import nn
 
 from sam import SAM, distributed, sam_step
 from sam.data import AutoAugmentLoader, DeviceLoader, _AADataset, make_loader
 from sam.errors import UserError
+from sam.train import place
 
 WORLD, BATCH, STEPS = 2, 8, 2
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -161,16 +162,17 @@ def test_sync_ascent_outside_ddp_changes_nothing():
 ])
 def test_multi_process_config_errors(monkeypatch, overrides, words):
     monkeypatch.setenv("WORLD_SIZE", "2")
-    cfg = OmegaConf.create({"batch_size": 32, "m": None, "optim": {"name": "sam"},
-                            "ddp_sync_ascent": False, "sync_bn": False} | overrides)
+    base = settings_of(compose_train("batch_size=32", "m=null", "optim=sam", "device=cpu"))
+
+    def settings(**changes):  # values changed after the single-process checks
+        name = changes.pop("optim", {"name": "sam"})["name"]
+        return replace(base, optim=replace(base.optim, name=name), **changes)
+
     with pytest.raises(UserError, match=words):
-        distributed.check_config(cfg, torch.device("cpu"))
+        place(settings(**overrides))
     for fine in (dict(m=8), dict(m=32, ddp_sync_ascent=True), dict(optim={"name": "sgd"}),
                  dict(optim={"name": "sgd"}, m=8)):
-        distributed.check_config(OmegaConf.merge(cfg, dict(batch_size=32, sync_bn=False),
-                                                 dict(m=None, ddp_sync_ascent=False,
-                                                      optim={"name": "sam"}), fine),
-                                 torch.device("cpu"))
+        place(settings(**fine))
 
 
 def _aa_loader(drop_last: bool) -> AutoAugmentLoader:
@@ -287,18 +289,15 @@ def test_torchrun_bad_split_is_one_line_per_rank(tmp_path):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
-def test_effective_m_is_the_examples_behind_one_eps(monkeypatch):
+def test_effective_m_is_the_examples_behind_one_eps():
     """m, else the per-rank batch (each rank its own eps), else with synchronised ascent
     the global batch; what results.json's summary and the sharpness logging default to."""
-    cfg = OmegaConf.create({"m": None, "batch_size": 64, "optim": {"name": "sam"},
-                            "ddp_sync_ascent": False})
-    assert distributed.effective_m(cfg) == 64
-    monkeypatch.setattr(distributed, "world_size", lambda: 4)
-    assert distributed.effective_m(cfg) == 16
-    cfg.m = 8
-    assert distributed.effective_m(cfg) == 8
-    cfg.m, cfg.ddp_sync_ascent = None, True
-    assert distributed.effective_m(cfg) == 64
-    assert distributed.effective_m(cfg, world=1) == 64 and cfg.ddp_sync_ascent
-    cfg.ddp_sync_ascent = False
-    assert distributed.effective_m(cfg, world=2) == 32  # a checkpoint of 2 ranks
+    def m(world, m=None, sync=False):
+        return distributed.effective_m(64, m, world, sam=True, sync_ascent=sync)
+
+    assert m(1) == 64
+    assert m(4) == 16
+    assert m(4, m=8) == 8
+    assert m(4, sync=True) == 64
+    assert m(1, sync=True) == 64
+    assert m(2) == 32  # a checkpoint of 2 ranks

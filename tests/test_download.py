@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from cifar_files import write_fake_cifar10
 from helpers import compose_train as make
+from helpers import splits_of
 from torchvision.datasets import CIFAR10
 
-from sam.data import DataMissing, load_dataset, load_splits
+from sam.data import DataMissing, load_dataset
 from sam.data.fetch import download as download_files
 from sam.errors import UserError
 
@@ -88,7 +89,7 @@ def test_default_config_downloads_once_md5_verified_exact_pixels(online, tmp_pat
     root = tmp_path / "fresh" / "data"  # does not exist yet: created by the download
     cfg = make("dataset=cifar10", f"data_dir={root}")
     assert cfg.dataset.download is True and cfg.dataset.verify is True
-    s = load_splits(cfg)
+    s = splits_of(cfg)
     assert requested, "nothing was downloaded"
     assert np.array_equal(s.train_x.numpy(), arrays["train_x"])
     assert np.array_equal(s.train_y.numpy(), arrays["train_y"])
@@ -96,7 +97,7 @@ def test_default_config_downloads_once_md5_verified_exact_pixels(online, tmp_pat
     assert "md5 verified" in s.source and s.name == "cifar10" and s.fallback is None
     assert (root / "cifar-10-python.tar.gz").is_file()
     asked = len(requested)
-    again = load_splits(cfg)  # idempotent: the files are there, nothing is fetched
+    again = splits_of(cfg)  # idempotent: the files are there, nothing is fetched
     assert len(requested) == asked
     assert np.array_equal(again.train_x.numpy(), arrays["train_x"])
 

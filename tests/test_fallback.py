@@ -12,8 +12,9 @@ import sys
 import pytest
 from cifar_files import write_fake_cifar10
 from helpers import compose_train as make
+from helpers import splits_of
 
-from sam.data import DataMissing, load_splits
+from sam.data import DataMissing
 from sam.errors import UserError
 
 FALLBACK = ["dataset=cifar10", "dataset.fallback_synthetic=true"]
@@ -30,7 +31,7 @@ def bare_cwd(tmp_path, monkeypatch):
 def test_absent_at_default_location_falls_back_with_the_asked_sizes(bare_cwd):
     cfg = make(*FALLBACK, "dataset.subset=300", "dataset.test_subset=50")
     assert cfg.dataset.data_dir == "data" and cfg.dataset.download is True
-    s = load_splits(cfg)  # the download is refused (SAM_OFFLINE), then the fallback
+    s = splits_of(cfg)  # the download is refused (SAM_OFFLINE), then the fallback
     assert (len(s.train_x), len(s.test_x)) == (300, 50)
     assert s.name == "synthetic (fallback for cifar10)"
     assert "CIFAR-10 not found" in s.fallback and s.source.startswith("SYNTHETIC fallback")
@@ -46,20 +47,20 @@ def test_a_named_location_without_data_is_an_error(bare_cwd, monkeypatch, where)
     else:
         cfg = make(*FALLBACK, f"data_dir={missing}")
     with pytest.raises(DataMissing, match=f"not found under '{missing}'"):
-        load_splits(cfg)
+        splits_of(cfg)
     assert not missing.exists()
 
 
 def test_a_wrong_subset_is_an_error_not_a_fallback(bare_cwd):
     write_fake_cifar10(bare_cwd / "data")  # 5 x 6 = 30 training images
     with pytest.raises(UserError, match=r"dataset\.subset=31 is out of range: use 1\.\.30"):
-        load_splits(make(*FALLBACK, "dataset.verify=false", "dataset.subset=31"))
+        splits_of(make(*FALLBACK, "dataset.verify=false", "dataset.subset=31"))
 
 
 def test_bad_checksums_at_default_location_are_an_error_not_a_fallback(bare_cwd):
     write_fake_cifar10(bare_cwd / "data")
     with pytest.raises(UserError, match="checksum failed") as e:
-        load_splits(make(*FALLBACK))
+        splits_of(make(*FALLBACK))
     assert not isinstance(e.value, DataMissing)
 
 

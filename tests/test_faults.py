@@ -163,10 +163,9 @@ def test_epoch_meter_stops_at_the_first_check_that_sees_the_bad_step(lagged, che
 def diverged_step(device: torch.device, check_every: int) -> int:
     """train_epoch over 10 batches whose 6th holds a NaN pixel: the step Diverged names
     (tests/test_cuda.py runs it on CUDA, where the check is lagged)."""
-    from omegaconf import OmegaConf
 
     from sam.optim import SAM
-    from sam.train import Diverged, train_epoch
+    from sam.train import Diverged, StepOptions, train_epoch
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).to(device)
@@ -175,8 +174,7 @@ def diverged_step(device: torch.device, check_every: int) -> int:
     batches[5][0][0, 0, 0, 0] = float("nan")
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    cfg = OmegaConf.create({"nan_check_every": check_every, "channels_last": False, "m": None,
-                            "m_impl": "auto", "ddp_sync_ascent": False})
+    cfg = StepOptions(nan_check_every=check_every)
     with pytest.raises(Diverged) as err:
         train_epoch(model, opt, sched, batches, cfg, None, None, device, False)
     return err.value.step
@@ -241,7 +239,7 @@ BAD_INPUTS = [
     (["epochs=ten"], "epochs='ten'"),
     (["lr=0"], "lr=0"),
     (["lam=-1"], "lam=-1"),
-    (["amp=fp8"], "amp=fp8"),
+    (["amp=fp8"], "amp='fp8'"),  # strings quoted
     (["device=tpu0"], "device=tpu0"),
     ([FRESH, "dataset.train_size=8"], "batch_size=32"),
     (["dataset.val_fraction=1.5"], "val_fraction"),

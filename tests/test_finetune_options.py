@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import settings_of
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torch import nn
@@ -13,7 +14,14 @@ from torch import nn
 from sam.errors import UserError
 from sam.optim import SAM, Descent
 from sam.results import comparable_config
-from sam.train import build_optimizer, cosine_schedule, evaluate, train_epoch, validate
+from sam.train import (
+    StepOptions,
+    build_optimizer,
+    cosine_schedule,
+    evaluate,
+    train_epoch,
+    validate,
+)
 from sam.train.loop import training_loss
 
 
@@ -25,8 +33,7 @@ def make(*overrides: str):
 
 
 def loop_cfg(**extra):
-    return OmegaConf.create({"nan_check_every": 1, "channels_last": False, "m": None,
-                             "m_impl": "auto", "ddp_sync_ascent": False, **extra})
+    return StepOptions(**extra)
 
 
 def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, a: float) -> float:
@@ -94,7 +101,7 @@ def test_wd_exclude_norm_bias_decays_exactly_the_kernels(fidelity, optim):
                "lam=0.1", "lr=1.0", "optim.momentum=0.0", "optim.nesterov=false",
                "optim.max_grad_norm=null", "rho=0.0")
     net = small_net()
-    opt = build_optimizer(cfg, net)
+    opt = build_optimizer(settings_of(cfg), net)
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     for p in net.parameters():
         p.grad = torch.zeros_like(p)
@@ -110,10 +117,10 @@ def test_wd_exclude_norm_bias_decays_exactly_the_kernels(fidelity, optim):
 
 def test_wd_exclude_norm_bias_off_keeps_one_group_and_keeps_sam_on_rho():
     net = small_net()
-    plain = build_optimizer(make("lam=0.1"), net)
+    plain = build_optimizer(settings_of(make("lam=0.1")), net)
     assert len(plain.param_groups) == 1 and plain.param_groups[0]["l2"] == 0.1
-    opt = build_optimizer(make("optim=sam_on", "rho=0.3", "lam=0.1",
-                               "wd_exclude_norm_bias=true"), net)
+    opt = build_optimizer(settings_of(make("optim=sam_on", "rho=0.3", "lam=0.1",
+                                           "wd_exclude_norm_bias=true")), net)
     norm_ids = {id(p) for m in (net[1], net[4]) for p in m.parameters()}
     for group in opt.param_groups:
         for p in group["params"]:

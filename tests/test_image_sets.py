@@ -19,7 +19,6 @@ from sam.data import (
     IMAGE_SETS,
     DataMissing,
     ImageLoader,
-    check_image_config,
     load_image_sets,
 )
 from sam.data.image_sets import eval_transform, train_transform
@@ -335,7 +334,7 @@ def test_what_the_image_path_cannot_do_is_refused_in_one_line(override, words):
     with pytest.raises(UserError, match=words.replace("[", r"\[")) as err:
         validate(cfg)  # sam-train's checks, before anything is read
     assert "\n" not in str(err.value)
-    check_image_config(compose_train("dataset=imagefolder", "dataset.num_classes=3"))  # fine
+    validate(compose_train("dataset=imagefolder", "dataset.num_classes=3"))  # fine
 
 
 def test_in_memory_tools_refuse_an_image_dataset():

@@ -12,13 +12,12 @@ import numpy as np
 import pytest
 import torch
 from cifar_files import write_fake_cifar10
+from helpers import splits_of
 from hydra import compose, initialize_config_module
 
-from sam.data import load_splits
 from sam.data.label_noise import add_label_noise
 from sam.errors import UserError
-from sam.train import run, runner
-from sam.train.validation import validate
+from sam.train import run, runner, validate
 
 ENV_CLI = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
@@ -100,14 +99,14 @@ def fake_cifar(tmp_path):
 
 def test_only_training_labels_get_noise_and_validation_labels_stay_clean(fake_cifar):
     root, files = fake_cifar
-    splits = load_splits(compose_cfg(root, "dataset.label_noise=0.5", "dataset.val_fraction=0.2",
+    splits = splits_of(compose_cfg(root, "dataset.label_noise=0.5", "dataset.val_fraction=0.2",
                                      "dataset.label_noise_mode=flip"))
     assert splits.eval_split == "val"
     # val = the clean last 20 of the 100 training images; noise on the first 80 only
     assert torch.equal(splits.test_y, torch.from_numpy(files["train_y"][80:]))
     changed = splits.train_y != torch.from_numpy(files["train_y"][:80])
     assert int(changed.sum()) == 40 == splits.label_noise["changed"]
-    test = load_splits(compose_cfg(root, "dataset.label_noise=0.5"))
+    test = splits_of(compose_cfg(root, "dataset.label_noise=0.5"))
     assert torch.equal(test.test_y, torch.from_numpy(files["test_y"]))  # test set clean
     assert test.label_noise["hash"] == independent_hash(test.train_y.numpy())
 
@@ -117,7 +116,7 @@ def test_noise_seed_defaults_to_the_run_seed_and_can_be_set_apart(fake_cifar):
     labels = {}
     for name, extra in {"seed0": ["seed=0"], "seed1": ["seed=1"],
                         "seed1_noise0": ["seed=1", "dataset.noise_seed=0"]}.items():
-        labels[name] = load_splits(compose_cfg(root, "dataset.label_noise=0.4", *extra)).train_y
+        labels[name] = splits_of(compose_cfg(root, "dataset.label_noise=0.4", *extra)).train_y
     assert torch.equal(labels["seed1_noise0"], labels["seed0"])
     assert not torch.equal(labels["seed1"], labels["seed0"])
 
@@ -143,7 +142,7 @@ def test_sgd_and_sam_of_a_seed_train_on_the_same_noisy_labels_and_resume_keeps_t
     assert sgd["label_noise"]["fraction"] == 0.4 and sgd["label_noise"]["seed"] == 3
     assert sgd["summary"]["label_noise"] == sam["summary"]["label_noise"] == 0.4
     # the recorded hash is that of the labels the loader trains on
-    noisy = load_splits(compose_cfg(root, "dataset.label_noise=0.4", "seed=3")).train_y
+    noisy = splits_of(compose_cfg(root, "dataset.label_noise=0.4", "seed=3")).train_y
     assert sgd["label_noise"]["hash"] == independent_hash(noisy.numpy())
     assert not np.array_equal(noisy.numpy(), files["train_y"])
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import config_keys
+from helpers import config_keys, console_in_process
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torch import nn
@@ -269,20 +269,10 @@ def test_cli_writes_pngs_json_and_tensorboard_images(runs, tmp_path):
 
 
 def landscape_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """sam-landscape's entry point in this process (no interpreter start): exit status,
-    stdout, stderr."""
+    """sam-landscape's entry point in this process: exit status, stdout, stderr."""
     from sam.cli.landscape import landscape_main
 
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # the guard sets both; restored afterwards
-    monkeypatch.setenv("SAM_FULL_ERROR", "0")
-    monkeypatch.setattr(sys, "argv", ["sam-landscape", *args])
-    code = 0
-    try:
-        landscape_main()
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return console_in_process(monkeypatch, capsys, "sam-landscape", landscape_main, *args)
 
 
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, monkeypatch, capsys):
@@ -322,6 +312,38 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, monkeypatch, capsys):
     doc = json.loads((tmp_path / "two" / "landscape.json").read_text())
     assert doc["interpolation"] is None and len(doc["runs"]) == 2
     assert doc["runs"][1]["model"].startswith("CifarResNet depth=8")
+
+
+def test_run_dir_the_old_spelling_of_runs_works_with_a_hint(runs, tmp_path, monkeypatch,
+                                                            capsys):
+    sgd, _ = runs
+    hint = "sam-landscape: run_dir= is now runs=; using runs="
+    code, out, err = landscape_in_process(
+        monkeypatch, capsys, *FAST, f"run_dir={sgd}", f"out_dir={tmp_path / 'one'}",
+        "plane.points=0", "tensorboard=false")
+    assert code == 0 and err.startswith(f"{hint}{sgd}\n"), err
+    doc = json.loads((tmp_path / "one" / "landscape.json").read_text())
+    assert [r["run_dir"] for r in doc["runs"]] == [str(sgd)]
+    code, out, err = landscape_in_process(monkeypatch, capsys, *FAST,
+                                          f"run_dir={tmp_path / 'missing'}")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and lines[0] == f"{hint}{tmp_path / 'missing'}", err
+    assert lines[1].startswith("sam-landscape: error:") and "missing does not exist" in lines[1]
+
+
+def test_sam_report_takes_runs_as_its_directories(tmp_path, monkeypatch, capsys):
+    """sam-report's directories are arguments; runs=[...], the other tools' spelling, names
+    the same directories (with a hint)."""
+    from sam.cli.report import report_main
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    monkeypatch.setattr(sys, "argv", ["sam-report", f"runs=[{a},{b}]"])
+    with pytest.raises(SystemExit) as exit_:
+        report_main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 2, lines
+    assert lines[0] == f"sam-report: takes the directories as arguments, not runs=; using {a} {b}"
+    assert lines[1].startswith(f"sam-report: error: no such directory: {a}, {b}:")
 
 
 def test_landscape_config_composes_and_help_names_every_option():

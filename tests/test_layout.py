@@ -3,7 +3,8 @@
 Layers, top to bottom (a module imports only its own package and the layers below):
   sam.cli -> sam.train / sam.report / sam.sharpness / sam.landscape -> sam.optim / sam.data
   / sam.models
-  -> sam.distributed / sam.runtime / sam.results / sam.errors
+  -> sam.distributed / sam.runtime / sam.results / sam.settings / sam.stored_config
+  -> sam.errors
 with these narrower rules: sam.optim imports nothing else of sam; the report never imports
 training code; sharpness never imports the trainer (the landscape may use sharpness); no
 entry point imports another.
@@ -17,15 +18,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "sam"
 MAX_LINES = 400
 
-LEAVES = {"sam.errors", "sam.results", "sam.runtime", "sam.distributed"}
+LEAVES = {"sam.errors", "sam.results", "sam.runtime", "sam.distributed", "sam.settings",
+          "sam.stored_config"}
 ALLOWED = {  # package -> the sam packages/modules it may import, besides itself
     "sam.errors": set(),
-    "sam.results": set(),
+    "sam.results": {"sam.errors"},
+    "sam.stored_config": {"sam.errors"},  # what a run directory's stored config may name
     "sam.runtime": {"sam.errors"},
     "sam.distributed": {"sam.errors", "sam.runtime"},
+    "sam.settings": {"sam.errors"},  # the schema: plain types, read by everything below
     "sam.optim": set(),
     "sam.models": {"sam.errors"},  # models know nothing of SAM or training
-    "sam.data": {"sam.errors"},
+    "sam.data": {"sam.errors", "sam.settings"},
     "sam.report": {"sam.results", "sam.errors"},
     "sam.sharpness": {"sam.optim", "sam.data", "sam.models"} | LEAVES,
     "sam.landscape": {"sam.data", "sam.models", "sam.sharpness"} | LEAVES,  # beside sharpness
@@ -102,3 +106,23 @@ def test_sam_class_file_imports_only_torch():
 def test_files_read_in_one_sitting(path):
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{lines} lines: split it by concern"
+
+
+# The composed Hydra config is read once, at the edge (the console scripts and the trainer's
+# runner); everything below takes typed settings (sam.settings) and plain values.
+CONFIG_EDGE = {"sam/train/runner.py"} | {str(p.relative_to(ROOT.parent))
+                                         for p in (ROOT / "cli").glob("*.py")}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT.parent)))
+def test_only_the_edge_holds_a_dictconfig(path):
+    if str(path.relative_to(ROOT.parent)) in CONFIG_EDGE:
+        return
+    tree = ast.parse(path.read_text())
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m for m in modules if m.split(".")[0] == "omegaconf"}, \
+        "below the runner and the CLI nothing imports omegaconf: take sam.settings types"
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not names & {"DictConfig", "ListConfig", "OmegaConf"}, path.name

@@ -17,7 +17,7 @@ from sam.results import read_json, write_json
 
 T_975_2 = 4.302652729749464  # t_{0.975, 2}, from tables
 SETTING = {"dataset": "cifar10", "model": "wrn28_10", "augment": "basic", "epochs": 200}
-KEY = ("cifar10", "wrn28_10", "basic", "200", "test", "pytorch", "0.0")  # the group of SETTING
+KEY = ("cifar10", "wrn28_10", "basic", "200", "test", "pytorch", "0.0", "seed")  # SETTING's
 WHERE = "/".join(KEY)  # as warnings name it
 CELLS = ("SGD", "paper SGD", "SAM", "paper SAM", "SAM - SGD")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -136,7 +136,7 @@ def test_report_table_csv_and_other_runs(sweep: Path, tmp_path: Path, capsys) ->
     printed = report(capsys, sweep, "--out", out)
     half = T_975_2 * 0.1 / math.sqrt(3)  # 0.2484...
     assert TABLE_HEADER == ["dataset", "model", "augment", "epochs", "eval_split", "fidelity",
-                            "label_noise", "rho", "m", "precision", *CELLS]
+                            "label_noise", "init_seed", "rho", "m", "precision", *CELLS]
     assert table_row(printed, *KEY)[len(KEY):] == [
         "0.05", "B=128", "fp32", "3.50 ± 0.25 (n=3)", "3.5 ± 0.1", "2.70 ± 0.25 (n=3)",
         "2.7 ± 0.1", "-0.80"]
@@ -364,8 +364,8 @@ def test_sgd_at_twice_the_epochs_is_compared(tmp_path: Path, capsys) -> None:
     row = next(line for line in section.splitlines() if line.startswith("| cifar10"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     # SGD 200: mean 3.5; SGD 400: mean 3.1 (better); SAM 200: 2.7 -> 2.7 - 3.1 = -0.40
-    assert cells[3:7] == ["200", "test", "pytorch", "0.0"] and cells[9] == "3.10"
-    assert cells[7].startswith("3.50") and cells[8].startswith("3.10") and cells[-1] == "-0.40"
+    assert cells[3:8] == ["200", "test", "pytorch", "0.0", "seed"] and cells[10] == "3.10"
+    assert cells[8].startswith("3.50") and cells[9].startswith("3.10") and cells[-1] == "-0.40"
 
 
 def test_validation_runs_get_their_own_rows_without_paper_numbers(tmp_path: Path,

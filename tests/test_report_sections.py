@@ -65,7 +65,7 @@ def test_noisy_and_clean_runs_get_separate_rows_and_a_best_epoch_table(tmp_path,
     noisy = cells_of(out, "cifar10 | resnet32 | basic | 3 | test | official | 0.4")
     clean = cells_of(out, "cifar10 | resnet32 | basic | 3 | test | official | 0.0")
     assert len(noisy) == 1 and len(clean) == 1
-    assert noisy[0][7:] == ["0.1", "B=128", "fp32", f"37.00 ± {h:.2f} (n=2)", "",
+    assert noisy[0][8:] == ["0.1", "B=128", "fp32", f"37.00 ± {h:.2f} (n=2)", "",
                             f"22.00 ± {h:.2f} (n=2)", "", "-15.00"]
     best = cells_of(out, "cifar10", "## Label noise: final and best-epoch error")
     assert best == [["cifar10", "resnet32", "0.4", "3", "0.1", "B=128",
@@ -81,7 +81,7 @@ def test_table4_values_appear_beside_a_matching_noisy_row(tmp_path, capsys):
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     row = cells_of(out, "cifar10 | resnet32 | basic | 200 | test | official | 0.4")[0]
-    assert row[11] == "31.2 (100-68.8 acc)" and row[13] == "6.6 (100-93.4 acc)"
+    assert row[12] == "31.2 (100-68.8 acc)" and row[14] == "6.6 (100-93.4 acc)"
     assert "Table 4" in out and "100 - accuracy" in out
     csv_row = (tmp_path / "report.csv").read_text().splitlines()[1].split(",")
     assert "31.2" in csv_row and "6.6" in csv_row  # the paper columns as numbers

@@ -165,3 +165,28 @@ def test_looksam_trace_records_sam_steps_every_k_and_the_reuse_steps_between():
     assert [w["step"] for w in windows] == [0, 5]
     assert windows[0]["cos_gv_g"] == pytest.approx(
         sum(r["cos_gv_g"] for r in records[1:5]) / 4)
+
+
+def test_compare_runs_tells_the_same_training_from_another(tmp_path):
+    """scripts/compare_runs.py: a deterministic run trained twice is identical bit for bit;
+    another seed differs in its history and its weights."""
+    import importlib.util
+
+    from helpers import compose_train
+
+    from sam.train import run
+
+    spec = importlib.util.spec_from_file_location("compare_runs",
+                                                  REPO / "scripts" / "compare_runs.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    tiny = ["dataset=synthetic", "model=resnet20", "model.depth=8", "batch_size=16",
+            "dataset.train_size=32", "dataset.test_size=16", "eval_batch_size=16", "epochs=1",
+            "deterministic=true", "device=cpu", "progress=false", "amp=off"]
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        run(compose_train(*tiny, f"seed={seed}"), tmp_path / name / "run")
+    assert compare.differences(tmp_path / "a" / "run", tmp_path / "b" / "run") == []
+    differ = compare.differences(tmp_path / "a" / "run", tmp_path / "c" / "run")
+    assert differ[0].startswith("history differs") and any("checkpoint" in d for d in differ)
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "c")]) == 1

@@ -13,11 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import console_in_process
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 from torch import nn
 
 from sam.errors import UserError
+from sam.settings import SharpnessSettings
 from sam.sharpness import epoch_sharpness
 from sam.train import validate
 
@@ -99,6 +100,8 @@ def test_sam_sharpness_on_a_run_dir_writes_json_and_png(runs, tmp_path):
     cwd.mkdir()
     proc = sam_sharpness(f"run_dir={on}", *FAST, "m_sharpness.m=[8,32]", cwd=cwd)
     assert proc.returncode == 0, proc.stderr
+    # run_dir=, the old spelling of runs=: still measured, with a hint
+    assert f"sam-sharpness: run_dir= is now runs=; using runs={on}\n" in proc.stderr
     assert "lambda_max" in proc.stdout and "sharpness.json" in proc.stdout
     doc = json.loads((on / "sharpness.json").read_text())
     assert doc["epoch"] == 2 and doc["data"]["images"] == 32 and doc["settings"]["k"] == 5
@@ -148,7 +151,7 @@ def test_sam_sharpness_says_what_it_measured_when_the_run_is_not_as_expected(run
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["run_dir=/no/such/run"], "run_dir=/no/such/run is not a directory"),
+    (["runs=/no/such/run"], "runs=/no/such/run is not a directory"),
     (["k=3"], "k=3: must be >= 5"),
     ([], "nothing to measure"),
     (["checkpoint=/no/such.pt"], "checkpoint=/no/such.pt does not exist"),
@@ -162,11 +165,42 @@ def test_bad_input_is_one_line_and_exit_2(args, expected):
     assert expected in lines[0]
 
 
+def sharpness_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """sam-sharpness's entry point in this process: exit status, stdout, stderr."""
+    from sam.cli.sharpness import sharpness_main
+
+    return console_in_process(monkeypatch, capsys, "sam-sharpness", sharpness_main, *args)
+
+
+def test_runs_names_the_run_and_run_dir_is_its_old_spelling(runs, tmp_path, monkeypatch,
+                                                           capsys):
+    _, on = runs
+    code, out, err = sharpness_in_process(monkeypatch, capsys, f"runs={on}", *FAST,
+                                          "slq.runs=0", f"out_dir={tmp_path / 'new'}")
+    assert code == 0 and "is now runs=" not in err, err
+    assert json.loads((tmp_path / "new" / "sharpness.json").read_text())["run_dir"] == str(on)
+    missing = tmp_path / "missing"
+    cases = [  # (arguments, the lines on stderr)
+        ([f"run_dir={missing}"], [f"sam-sharpness: run_dir= is now runs=; using runs={missing}",
+                                  f"sam-sharpness: error: runs={missing} is not a directory"]),
+        ([f"runs=[{missing}]"], [f"sam-sharpness: error: runs={missing} is not a directory"]),
+        ([f"runs=[{on},{tmp_path}]"], [f"sam-sharpness: error: runs=[{on},{tmp_path}] names 2 "
+                                       "runs: sam-sharpness reads one"]),
+        ([f"run_dir={on}", f"runs={on}"], ["sam-sharpness: error: both run_dir= and runs= "
+                                           "given: give runs= only"]),
+    ]
+    for args, expected in cases:
+        code, out, err = sharpness_in_process(monkeypatch, capsys, *args, *FAST)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == len(expected), (args, err)
+        assert all(line.startswith(e) for line, e in zip(lines, expected, strict=True)), err
+
+
 def test_sharpness_config_composes():
     with initialize_config_module(config_module="sam.configs", version_base="1.3"):
-        cfg = compose(config_name="sharpness", overrides=["run_dir=/x", "m_sharpness.m=[4,16]"])
+        cfg = compose(config_name="sharpness", overrides=["runs=/x", "m_sharpness.m=[4,16]"])
         train = compose(config_name="train")
-    assert cfg.run_dir == "/x" and cfg.checkpoint is None and cfg.out_dir is None
+    assert cfg.runs == "/x" and cfg.checkpoint is None and cfg.out_dir is None
     assert cfg.images == 1000 and cfg.k == 5 and cfg.iters >= cfg.k and cfg.dtype == "float32"
     assert cfg.slq.runs >= 1 and cfg.trace_samples >= 2 and cfg.seed == 0
     assert list(cfg.m_sharpness.m) == [4, 16] and cfg.m_sharpness.rho is None
@@ -209,15 +243,14 @@ def test_epoch_sharpness_schedule_and_state_untouched():
                                                    dtype=torch.uint8),
                              train_y=torch.randint(0, 3, (40,), generator=gen),
                              mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    cfg = OmegaConf.create({"epochs": 3, "seed": 0, "batch_size": 8, "m": None, "rho": 0.05,
-                            "sharpness": {"every": 2, "images": 24, "batch_size": None,
-                                          "k": 5, "iters": 8, "trace_samples": 2, "m": None,
-                                          "rho": None, "dtype": "float64"}})
+    cfg = SharpnessSettings(every=2, images=24, batch_size=None, k=5, iters=8,
+                            trace_samples=2, m=None, rho=None, dtype="float64")
+    run = dict(epochs=3, seed=0, batch_size=8, m=8, rho=0.05)  # the run's (m: its batch)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    assert epoch_sharpness(cfg, model, splits, 1) == {}
-    out2 = epoch_sharpness(cfg, model, splits, 2)
-    out3 = epoch_sharpness(cfg, model, splits, 3)  # the last epoch is always measured
+    assert epoch_sharpness(cfg, model, splits, 1, **run) == {}
+    out2 = epoch_sharpness(cfg, model, splits, 2, **run)
+    out3 = epoch_sharpness(cfg, model, splits, 3, **run)  # the last epoch is always measured
     assert set(SHARPNESS_KEYS) <= set(out2) and out2.keys() == out3.keys()
     assert out2["sharpness_lambda_max"] == out3["sharpness_lambda_max"]  # fixed subset
     assert torch.equal(torch.get_rng_state(), rng)

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from helpers import splits_of
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torchvision.datasets import SVHN, FashionMNIST
 
-from sam.data import DeviceLoader, load_dataset, load_splits, make_loader
+from sam.data import DeviceLoader, load_dataset, make_loader
 from sam.data import device_loader as device_loader_module
 from sam.data.fetch import DataMissing
 from sam.data.torchvision_sets import OFFICIAL_STATS, channel_stats
@@ -415,7 +416,7 @@ def test_one_epoch_trains_on_each_generated_dataset(tmp_path, dataset, augment):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["status"] == "complete" and results["summary"]["dataset"] == dataset
     assert 0 <= results["final"]["test_error"] <= 100
-    splits = load_splits(cfg)
+    splits = splits_of(cfg)
     assert results["data_source"] == splits.source and splits.train_x.shape[1] == (
         3 if dataset == "svhn" else 1)
 

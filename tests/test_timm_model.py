@@ -20,7 +20,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from cifar_files import write_fake_cifar10
-from helpers import compose_train
+from helpers import compose_train, settings_of
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
@@ -272,18 +272,19 @@ def test_sam_train_passes_the_loaders_normalization_to_the_model():
     cfg = compose_train("model=timm", "dataset=svhn")
     splits = SimpleNamespace(mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
     data = Data(None, None, 10, "svhn", "test", "", splits=splits)
-    assert model_inputs(cfg, data) == {"in_mean": [0.1, 0.2, 0.3], "in_std": [0.4, 0.5, 0.6]}
+    assert model_inputs(settings_of(cfg), data) == {"in_mean": [0.1, 0.2, 0.3],
+                                                    "in_std": [0.4, 0.5, 0.6]}
     images = Data(None, None, 10, "imagefolder", "test", "")
     cfg = compose_train("model=timm", "dataset=imagefolder", "dataset.mean=null",
                         "dataset.std=null", "dataset.num_classes=10")
-    assert model_inputs(cfg, images) == {"in_mean": [0.485, 0.456, 0.406],
+    assert model_inputs(settings_of(cfg), images) == {"in_mean": [0.485, 0.456, 0.406],
                                          "in_std": [0.229, 0.224, 0.225]}
     cfg = compose_train("model=timm", "dataset=imagefolder", "dataset.mean=[0.5,0.5,0.5]",
                         "dataset.std=[0.2,0.2,0.2]", "dataset.num_classes=10")
-    assert model_inputs(cfg, images) == {"in_mean": [0.5] * 3, "in_std": [0.2] * 3}
-    assert model_inputs(compose_train("model=timm", "model.in_mean=[0,0,0]",
-                                      "model.in_std=[1,1,1]"), data) == {}  # set by hand
-    assert model_inputs(compose_train("model=resnet20"), data) == {}  # not a timm model
+    assert model_inputs(settings_of(cfg), images) == {"in_mean": [0.5] * 3, "in_std": [0.2] * 3}
+    assert model_inputs(settings_of(compose_train("model=timm", "model.in_mean=[0,0,0]",
+                                                  "model.in_std=[1,1,1]")), data) == {}  # by hand
+    assert model_inputs(settings_of(compose_train("model=resnet20")), data) == {}  # not timm
 
 
 # ---------------------------------------------------------------------------- in sam-train

@@ -24,7 +24,7 @@ from sam.models import ShakeModule, true_gradient
 from sam.models.pyramidnet import PyramidBlock, ShakeDrop
 from sam.models.shakeshake import ShakeBlock
 from sam.optim import SAM, sam_step
-from sam.train import train_epoch
+from sam.train import StepOptions, train_epoch
 
 F64 = torch.float64
 B = 8  # images per batch: with p_drop 0.5 both ShakeDrop gate values occur (checked)
@@ -317,10 +317,7 @@ def test_train_epoch_passes_the_context(fidelity, optim, expected) -> None:
         opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    cfg = {"nan_check_every": 1, "channels_last": False, "m": None, "batch_size": B,
-           "m_impl": "auto", "ddp_sync_ascent": False}
-    if fidelity is not None:
-        cfg["fidelity"] = fidelity
+    options = StepOptions(true_gradient=(fidelity or {}).get("true_gradient", False))
     seen = []
 
     def spy(*args, ascent_context=None, **kwargs):
@@ -332,7 +329,7 @@ def test_train_epoch_passes_the_context(fidelity, optim, expected) -> None:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     with mock.patch("sam.train.loop.sam_step", spy):
-        train_epoch(model, opt, scheduler, [(x, y)], OmegaConf.create(cfg), None, None,
+        train_epoch(model, opt, scheduler, [(x, y)], options, None, None,
                     torch.device("cpu"), False)
     assert len(seen) == 1 and (seen[0] is not None) == expected
 

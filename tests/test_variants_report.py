@@ -14,7 +14,7 @@ from sam.results import write_json
 
 T_975_2 = 4.302652729749464  # t_{0.975, 2}, from tables
 T_975_1 = 12.706204736174707  # t_{0.975, 1}
-KEY = ["cifar10", "resnet20", "basic", "10", "test", "official", "0.0"]
+KEY = ["cifar10", "resnet20", "basic", "10", "test", "official", "0.0", "seed"]
 
 
 def write_run(root: Path, name: str, seed: int, error: float, ips: float | None,

@@ -63,12 +63,13 @@ def _train(cfg: DictConfig) -> float | None:
     return results["final"]["test_error"] if results.get("final") else None
 
 
-def _invocation_files(cfg: DictConfig, hc: Any) -> dict[str, Any]:
-    """The files Hydra keeps in ``<run dir>/.hydra/``; configs/train.yaml sets
-    ``hydra.output_subdir: null`` so that ``run`` writes them only once the run directory
-    is accepted (a refused invocation must not rewrite a finished run's record)."""
-    return {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hc}),
-            "overrides.yaml": hc.overrides.task}
+def _invocation_files(cfg: DictConfig, hc: Any) -> dict[str, str]:
+    """The files Hydra keeps in ``<run dir>/.hydra/``, as YAML texts; configs/train.yaml
+    sets ``hydra.output_subdir: null`` so that ``run`` writes them only once the run
+    directory is accepted (a refused invocation must not rewrite a finished run's record)."""
+    nodes = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hc}),
+             "overrides.yaml": hc.overrides.task}
+    return {name: OmegaConf.to_yaml(node) for name, node in nodes.items()}
 
 
 def _record_unstarted(run_dir: str, cfg: DictConfig, overrides: list[str], error: str) -> None:

@@ -8,9 +8,10 @@ per sample in DataLoader workers (`AutoAugmentLoader`).
 
 Randomness is seeded from (seed, epoch) only, so a resumed run replays the same batches.
 
-Modules: `datasets` (loading), `augment` (crop/flip/Cutout ops, checks of the augment
-settings), `device_loader` (`Normalize`, `DeviceLoader`), `official_autoaugment` (the
-policy; its operations in `official_aa_ops`), `autoaugment` (`AutoAugmentLoader`),
+Modules: `splits` (`Splits`, the in-memory dataset type), `datasets` (loading), `augment`
+(crop/flip/Cutout ops, checks of the augment settings), `device_loader` (`Normalize`,
+`DeviceLoader`), `official_autoaugment` (the policy; its operations in `official_aa_ops`),
+`autoaugment` (`AutoAugmentLoader`),
 `loaders` (`make_loader`, `augment_options`, `dataset_options`), `torchvision_sets` (SVHN,
 Fashion-MNIST), `fetch` (the download, `DataMissing`), `worker_loader` (`WorkerLoader`:
 DataLoader workers, the base of `AutoAugmentLoader` and `ImageLoader`); large-image
@@ -37,8 +38,6 @@ from sam.data.autoaugment import AutoAugmentLoader, _AADataset
 from sam.data.datasets import (
     CIFAR_STATS,
     DATASETS,
-    Splits,
-    Stats,
     load_dataset,
     load_splits,
     make_synthetic,
@@ -49,6 +48,7 @@ from sam.data.image_loader import ImageLoader, check_image_config, image_loaders
 from sam.data.image_sets import IMAGE_SETS, IMAGENET_STATS, ImageSets, load_image_sets
 from sam.data.loaders import augment_options, dataset_options, make_loader
 from sam.data.official_autoaugment import official_autoaugment
+from sam.data.splits import Splits, Stats
 from sam.data.worker_loader import WorkerLoader, shard_rows
 
 __all__ = [

@@ -16,7 +16,7 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from sam.data.augment import check_pad_mode
-from sam.data.datasets import Stats
+from sam.data.splits import Stats
 from sam.data.worker_loader import WorkerLoader
 
 _TV_POLICIES = {"cifar": v2.AutoAugmentPolicy.CIFAR10, "svhn": v2.AutoAugmentPolicy.SVHN,

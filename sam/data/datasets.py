@@ -2,7 +2,7 @@
 
 `load_dataset` reads CIFAR through torchvision (md5-verified or not) or generates
 CIFAR-shaped synthetic data from a seed, then optionally keeps a training subset and holds
-out its tail as a validation set; `load_splits` does the same from a run's config, with the
+out its tail as a validation set; `load_splits` does the same from a run's settings, with the
 synthetic fallback for data absent from the default location. Absent files are downloaded
 once when ``download`` is set (`sam.data.fetch`); a CIFAR read that fails becomes one
 `UserError` naming the fix (`DataMissing` for absent files).
@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import logging
 import pickle
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets import CIFAR10, CIFAR100, VisionDataset
 from torchvision.datasets.utils import check_integrity
 
 from sam.data.fetch import DataMissing, files_present, is_default_location, missing_message
 from sam.data.fetch import download as download_files
 from sam.data.image_sets import IMAGE_SETS
-from sam.data.label_noise import add_label_noise, check_label_noise
+from sam.data.label_noise import add_label_noise
+from sam.data.splits import Splits, Stats
+from sam.data.torchvision_sets import load_set
 from sam.errors import UserError
+from sam.settings import DatasetSettings
 
 log = logging.getLogger("sam.data")  # the package's logger, as before the split
 
@@ -40,32 +43,6 @@ CIFAR_STATS = {
     "cifar100": ((0.50707516, 0.48654887, 0.44091784), (0.26733429, 0.25643846, 0.27615047)),
 }
 _CIFAR = {"cifar10": (CIFAR10, "CIFAR-10", 10), "cifar100": (CIFAR100, "CIFAR-100", 100)}
-
-Stats = tuple[float, ...]  # one value per channel
-
-
-@dataclass
-class Splits:
-    """A dataset in memory: uint8 images (N, C, H, W) and int64 labels on the CPU
-    (CIFAR, SVHN: 3 x 32 x 32; Fashion-MNIST: 1 x 28 x 28).
-
-    `test_x`/`test_y` are the evaluation set: the official test set when `eval_split` is
-    "test", or the held-out tail of the training set when it is "val".
-    """
-
-    train_x: Tensor = field(repr=False)
-    train_y: Tensor = field(repr=False)
-    test_x: Tensor = field(repr=False)
-    test_y: Tensor = field(repr=False)
-    num_classes: int
-    mean: Stats
-    std: Stats
-    name: str
-    source: str
-    eval_split: str = "test"
-    label_noise: dict | None = None  # add_label_noise's record when the labels are noisy
-    fallback: str | None = None  # why synthetic data replaced the dataset (fallback)
-
 
 # ---------------------------------------------------------------------------- loading
 
@@ -92,8 +69,6 @@ def load_dataset(
     if name in _CIFAR:
         splits = _load_cifar(name, data_dir, download, verify)
     elif name in ("svhn", "fashion_mnist"):
-        from sam.data.torchvision_sets import load_set  # it imports Splits from here
-
         splits = load_set(name, data_dir, download, verify, **(options or {}))
     elif name == "synthetic":
         splits = make_synthetic(seed, *synthetic_size)
@@ -106,50 +81,48 @@ def load_dataset(
     return _subset_and_split(splits, subset, val_fraction)
 
 
-def load_splits(cfg: Any) -> Splits:
-    """The run's dataset (``cfg.dataset``, ``cfg.seed``) as uint8 CPU tensors, with the
-    synthetic fallback when ``dataset.fallback_synthetic`` allows it and the data is
-    absent from the default location (``data``, SAM_DATA unset)."""
-    d = cfg.dataset
-    kwargs = dict(subset=d.subset, val_fraction=d.val_fraction, seed=cfg.seed)
+def load_splits(d: DatasetSettings, seed: int) -> Splits:
+    """Dataset ``d`` as uint8 CPU tensors for a run of ``seed``, with the synthetic
+    fallback when ``dataset.fallback_synthetic`` allows it and the data is absent from the
+    default location (``data``, SAM_DATA unset)."""
+    kwargs = dict(subset=d.subset, val_fraction=d.val_fraction, seed=seed)
     try:
         if d.name == "synthetic":
             splits = load_dataset("synthetic", "", synthetic_size=(d.train_size, d.test_size),
                                   **kwargs)
         else:
-            options = {k: d[k] for k in ("extra", "stats") if k in d}  # svhn, fashion_mnist
+            options = ({"extra": d.extra, "stats": d.stats} if d.name == "svhn" else
+                       {"stats": d.stats} if d.name == "fashion_mnist" else None)
             splits = load_dataset(d.name, d.data_dir, download=d.download, verify=d.verify,
                                   options=options, **kwargs)
     except DataMissing as err:  # absent files only: a wrong value stays an error
-        if not (d.get("fallback_synthetic") and is_default_location(d.data_dir)):
+        if not (d.fallback_synthetic and is_default_location(d.data_dir)):
             raise
         splits = _synthetic_fallback(d, err, kwargs)
-    return _with_label_noise(splits, d, cfg.seed)
+    return _with_label_noise(splits, d, seed)
 
 
-def _synthetic_fallback(d: Any, err: DataMissing, kwargs: dict[str, Any]) -> Splits:
+def _synthetic_fallback(d: DatasetSettings, err: DataMissing, kwargs: dict[str, Any]) -> Splits:
     """Synthetic data in place of a dataset absent from the default location (the demo's
     ``dataset.fallback_synthetic``), as many training images as ``dataset.subset`` asks for
     (else 4096); said loudly, and named ``synthetic (fallback for <dataset>)`` so that
     results.json and every report row show it."""
     log.warning("NOTICE: %s -- FALLING BACK TO SYNTHETIC DATA (dataset.fallback_synthetic="
                 "true): these results are NOT %s", err, d.name)
-    size = (d.subset or 4096, d.get("test_subset") or 1024)
+    size = (d.subset or 4096, d.test_subset or 1024)
     splits = load_dataset("synthetic", "", synthetic_size=size, **kwargs)
     splits.name, splits.fallback = f"synthetic (fallback for {d.name})", str(err)
     splits.source = f"SYNTHETIC fallback, {d.name} absent; {splits.source}"
     return splits
 
 
-def _with_label_noise(splits: Splits, d: Any, seed: int) -> Splits:
+def _with_label_noise(splits: Splits, d: DatasetSettings, seed: int) -> Splits:
     """``splits`` with symmetric noise on its training labels when ``dataset.label_noise``
     > 0, seeded by ``dataset.noise_seed`` (null: the run seed). Applied after the
     validation split, so held-out and test labels stay clean."""
-    fraction = d.get("label_noise", 0.0)
-    mode = d.get("label_noise_mode", "uniform")
-    check_label_noise(fraction, mode)
+    fraction, mode = d.label_noise, d.label_noise_mode
     if fraction:
-        noise_seed = seed if d.get("noise_seed") is None else d.noise_seed
+        noise_seed = seed if d.noise_seed is None else d.noise_seed
         splits.train_y, splits.label_noise = add_label_noise(
             splits.train_y, splits.num_classes, fraction, mode, noise_seed)
         record = splits.label_noise
@@ -190,19 +163,53 @@ def _stats(t: Tensor) -> Stats:
     return a, b, c
 
 
+# The globals a genuine CIFAR pickle names: numpy's array reconstruction (numpy.core before
+# numpy 2, numpy._core since); dicts, lists, strings and numbers need none.
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"),
+                  ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle's unpickler that resolves only `_CIFAR_GLOBALS`, so a crafted file in place of
+    a CIFAR batch is refused (one UserError line) before it can call anything."""
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file, encoding="latin1")  # torchvision's encoding: str keys
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise UserError(f"{self.path}: refuses to unpickle {module}.{name} (a CIFAR batch "
+                        "holds only arrays): use the original CIFAR files or dataset.verify=true")
+
+
+def _unpickle(path: Path) -> Any:
+    """The object pickled in CIFAR file `path`, read by `_CifarUnpickler`."""
+    with open(path, "rb") as f:
+        return _CifarUnpickler(f, path).load()
+
+
 def _reader(base: type[CIFAR10], verify: bool) -> type[CIFAR10]:
-    """torchvision's CIFAR class, or one that only checks the files exist (verify=False)."""
+    """torchvision's CIFAR class (md5-verified: only the official files are unpickled), or
+    for verify=False one that reads the same arrays, targets and classes through
+    `_unpickle`, since unchecked files may be anyone's pickles."""
     if verify:
         return base
 
     class Unverified(base):  # type: ignore[valid-type, misc]
-        def _check_integrity(self) -> bool:
+        def __init__(self, root: str, train: bool = True) -> None:  # torchvision's steps
+            VisionDataset.__init__(self, root)
+            self.train = train
             folder = Path(self.root, self.base_folder)
-            return all((folder / f).is_file() for f, _ in self.train_list + self.test_list)
-
-        def _load_meta(self) -> None:
-            with open(Path(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            files = self.train_list if train else self.test_list
+            entries = [_unpickle(folder / f) for f, _ in files]
+            data = np.vstack([e["data"] for e in entries]).reshape(-1, 3, 32, 32)
+            self.data = data.transpose((0, 2, 3, 1))  # HWC, a view as torchvision's
+            self.targets = [t for e in entries
+                            for t in (e["labels"] if "labels" in e else e["fine_labels"])]
+            self.classes = _unpickle(folder / self.meta["filename"])[self.meta["key"]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     return Unverified
@@ -223,6 +230,8 @@ def _load_cifar(name: str, data_dir: str, download: bool, verify: bool) -> Split
     try:
         train = reader(str(root), train=True)
         test = reader(str(root), train=False)
+    except UserError:  # a refused pickle, already one line
+        raise
     except Exception as e:  # explain what went wrong in one line, then keep the cause
         raise _explain(base, pretty, root, verify, e) from e
 
@@ -259,10 +268,11 @@ def _explain(
             )
     for f in files:
         try:
-            with open(folder / f, "rb") as fh:
-                entry = pickle.load(fh, encoding="latin1")
+            entry = _unpickle(folder / f)
             if not isinstance(entry, dict):
                 raise TypeError(f"expected a dict, got {type(entry).__name__}")
+        except UserError as e:
+            return e
         except Exception as e:
             return UserError(
                 f"cannot read {pretty} file '{folder / f}' ({type(e).__name__}: {e}): "

@@ -25,8 +25,8 @@ from sam.data.augment import (
     cutout_params,
     random_crop_flip,
 )
-from sam.data.datasets import Stats
 from sam.data.official_autoaugment import official_autoaugment
+from sam.data.splits import Stats
 from sam.errors import UserError
 
 

@@ -1,5 +1,5 @@
 """`make_loader`: the loader for an augmentation name in `AUGMENTS`; `augment_options`: its
-settings from the augment config group.
+settings from the augment and dataset settings.
 
 "none", "basic", "cutout" and "autoaugment" with the official policy run batched on the
 device (`DeviceLoader`); "autoaugment" with torchvision's policy runs per image on CPU
@@ -9,48 +9,30 @@ reseed from (seed, epoch).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from sam.data.augment import AUGMENTS, check_cutout_per_image, check_pad_mode, check_policy
+from sam.data.augment import AUGMENTS, check_policy
 from sam.data.autoaugment import AutoAugmentLoader
-from sam.data.datasets import Stats
 from sam.data.device_loader import DeviceLoader
-from sam.data.official_autoaugment import POLICIES
+from sam.data.splits import Stats
 from sam.errors import UserError
+from sam.settings import AugmentSettings, DatasetSettings
 
 
-def augment_options(augment: Mapping[str, Any]) -> dict[str, Any]:
-    """`make_loader`'s keyword arguments from the augment group (``cfg.augment``), each
-    checked (UserError naming the setting): pad_mode, num_workers, cutout_per_image and
-    policy. A key the group lacks takes the value runs had before it existed."""
-    workers = augment.get("num_workers", 0)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise UserError(f"augment.num_workers={workers!r}: must be an integer >= 0")
-    return {
-        "pad_mode": check_pad_mode(augment.get("pad_mode", "reflect")),
-        "num_workers": workers,
-        "cutout_per_image": check_cutout_per_image(augment.get("cutout_per_image", True)),
-        "policy": check_policy(augment.get("policy", "torchvision")),
-    }
+def augment_options(a: AugmentSettings) -> dict[str, Any]:
+    """`make_loader`'s keyword arguments that the augment group decides: pad_mode,
+    num_workers, cutout_per_image and policy."""
+    return {"pad_mode": a.pad_mode, "num_workers": a.num_workers,
+            "cutout_per_image": a.cutout_per_image, "policy": a.policy}
 
 
-def dataset_options(dataset: Mapping[str, Any]) -> dict[str, Any]:
-    """`make_loader`'s keyword arguments that the dataset group (``cfg.dataset``) decides,
-    each checked: flip, aa_policy and aa_crop_flip (configs/dataset/svhn.yaml). A key the
-    group lacks takes the CIFAR value: flip, the CIFAR policy, flip + crop after it."""
-    out = {"flip": dataset.get("flip", True), "aa_policy": dataset.get("aa_policy", "cifar"),
-           "aa_crop_flip": dataset.get("aa_crop_flip", True)}
-    for key in ("flip", "aa_crop_flip"):
-        if not isinstance(out[key], bool):
-            raise UserError(f"dataset.{key}={out[key]!r}: use true or false")
-    if out["aa_policy"] not in POLICIES:
-        raise UserError(f"dataset.aa_policy={out['aa_policy']!r}: use one of "
-                        f"{', '.join(POLICIES)} (the official AutoAugment policies)")
-    return out
+def dataset_options(d: DatasetSettings) -> dict[str, Any]:
+    """`make_loader`'s keyword arguments that the dataset group decides: flip, aa_policy
+    and aa_crop_flip (configs/dataset/svhn.yaml)."""
+    return {"flip": d.flip, "aa_policy": d.aa_policy, "aa_crop_flip": d.aa_crop_flip}
 
 
 def make_loader(

@@ -19,8 +19,13 @@ each with its probability; an operation's level (0..10) becomes its argument as 
 official `level_to_arg`, with HParams(cutout_const=100, translate_const=250) and fill grey
 128 (autoaugment.py:470-492, 568, 621); Rotate/Shear/Translate arguments are negated with
 probability 1/2. The constants were sized for ImageNet: on 32x32 images a TranslateX/Y of
-level >= 2 (>= 50 px) turns the image grey 128, and so does a Cutout of level 3 or 4 (a
-60x60 or 80x80 square); kept on purpose, as SAM trained with them.
+level >= 2 (>= 50 px) turns the image grey 128, and so does a Cutout of level 4 (pad 40:
+an 80x80 square). A Cutout of level 3 (pad 30: rows and columns [c - 30, c + 30) around
+its centre c, clipped to the image) greys the whole image unless c falls on row or column
+0, 1 or 31: then up to two border rows and/or columns survive (rows 30-31 for a centre
+row 0, row 31 for 1, row 0 for 31; columns alike); 183 of the 1,024 centres leave pixels,
+at most 124 (centre (0, 0)), as in the official cutout (autoaugment.py:111-126). Kept on
+purpose, as SAM trained with them.
 
 A slot is applied grouped (images sorted by the operation they drew, each operation run
 once on its group; least work, one host read per slot) or dense (each operation of the

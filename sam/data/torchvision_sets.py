@@ -29,9 +29,9 @@ from torch import Tensor
 from torchvision.datasets import SVHN, FashionMNIST
 from torchvision.datasets.utils import check_integrity
 
-from sam.data.datasets import Splits, Stats
 from sam.data.fetch import DataMissing, files_present, missing_message
 from sam.data.fetch import download as download_files
+from sam.data.splits import Splits, Stats
 from sam.errors import UserError
 
 SETS = ("svhn", "fashion_mnist")

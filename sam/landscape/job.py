@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sam.data import load_splits
 from sam.errors import UserError
@@ -40,6 +39,8 @@ from sam.landscape.runs import PROG, Run, load_run, model_summary, set_labels, s
 from sam.landscape.surface import interpolation, line, plane, same_architecture
 from sam.results import read_json, write_json
 from sam.runtime import device_name, resolve_device, versions
+from sam.settings import stored_dataset
+from sam.settings.tools import LandscapeOptions
 from sam.sharpness import fixed_subset
 
 OUTPUT_FILE = "landscape.json"
@@ -51,7 +52,7 @@ DIRECTIONS = ("filter-normalized Gaussian (Li et al. 2018); zero on biases and B
               "parameters (ignore='biasbn'); BatchNorm in eval mode (running statistics fixed)")
 
 
-def run_landscape(cfg: DictConfig) -> dict[str, Any]:
+def run_landscape(cfg: LandscapeOptions) -> dict[str, Any]:
     """Evaluate and draw what ``cfg`` (configs/landscape.yaml) asks; return the document also
     written to ``<out_dir>/landscape.json``."""
     if cfg.from_json:
@@ -127,7 +128,7 @@ def run_landscape(cfg: DictConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- checks
 
 
-def _check(cfg: DictConfig) -> None:
+def _check(cfg: LandscapeOptions) -> None:
     def need(ok: bool, msg: str) -> None:
         if not ok:
             raise UserError(msg)
@@ -140,11 +141,11 @@ def _check(cfg: DictConfig) -> None:
     need(cfg.images >= 1, f"images={cfg.images}: must be >= 1")
     need(cfg.batch_size >= 1, f"batch_size={cfg.batch_size}: must be >= 1")
     for key in ("line", "plane", "interpolation"):
-        n = cfg[key].points
+        n = getattr(cfg, key).points
         need(n == 0 or n >= 2, f"{key}.points={n}: use 0 (none) or >= 2 (odd puts a point "
              "on the run's weights)")
     for key in ("line", "plane"):
-        need(cfg[key].span > 0, f"{key}.span={cfg[key].span}: must be > 0")
+        need(getattr(cfg, key).span > 0, f"{key}.span={getattr(cfg, key).span}: must be > 0")
     need(cfg.plane.levels >= 2, f"plane.levels={cfg.plane.levels}: must be >= 2")
     need(cfg.interpolation.stop > cfg.interpolation.start,
          f"interpolation.start={cfg.interpolation.start} >= stop={cfg.interpolation.stop}: "
@@ -156,7 +157,7 @@ def _check(cfg: DictConfig) -> None:
 def _sources(value: Any) -> list[str]:
     if isinstance(value, str) and value:
         return [value]
-    if isinstance(value, ListConfig | list | tuple) and len(value) > 0:
+    if isinstance(value, list | tuple) and len(value) > 0:
         return [str(v) for v in value]
     raise UserError("nothing to draw: pass runs=<run directory> or runs=[<sgd run>,<sam run>] "
                     "(sam-train run directories or checkpoint files)")
@@ -201,13 +202,10 @@ def _symmetric(points: int, span: float) -> list[float]:
     return [span * (2 * i - (points - 1)) / (points - 1) for i in range(points)]
 
 
-def _data(run: Run, cfg: DictConfig, device: torch.device,
+def _data(run: Run, cfg: LandscapeOptions, device: torch.device,
           dtype: torch.dtype) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], dict[str, Any]]:
     """The fixed images (first run's dataset config) as batches on the device."""
-    run_cfg = OmegaConf.create(run.config)
-    if cfg.data_dir is not None and "data_dir" in run_cfg.dataset:
-        run_cfg.dataset.data_dir = cfg.data_dir
-    splits = load_splits(run_cfg)
+    splits = load_splits(stored_dataset(run.config, cfg.data_dir), run.config["seed"])
     x_all, y_all = ((splits.train_x, splits.train_y) if cfg.split == "train"
                     else (splits.test_x, splits.test_y))
     x, y = fixed_subset(x_all, y_all, cfg.images, cfg.seed, splits.mean, splits.std, device)
@@ -220,7 +218,7 @@ def _data(run: Run, cfg: DictConfig, device: torch.device,
                      "images": len(x), "seed": cfg.seed, "augment": "none"}
 
 
-def _out_dir(cfg: DictConfig, runs: list[Run]) -> Path:
+def _out_dir(cfg: LandscapeOptions, runs: list[Run]) -> Path:
     if cfg.out_dir:
         return Path(cfg.out_dir).expanduser()
     if len(runs) == 1:
@@ -241,7 +239,7 @@ def _run_entry(run: Run) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- drawing
 
 
-def draw(doc: dict[str, Any], out_dir: Path, cfg: DictConfig) -> list[Path]:
+def draw(doc: dict[str, Any], out_dir: Path, cfg: LandscapeOptions) -> list[Path]:
     """Write the PNGs of ``doc`` into ``out_dir`` and, when ``cfg.tensorboard``, add them to
     each run's ``tensorboard/``; return the files written."""
     written: list[Path] = []
@@ -302,7 +300,7 @@ def _data_words(doc: dict[str, Any]) -> str:
     return f"{d['images']} {d['split']} images of {d['dataset']}"
 
 
-def _redraw(cfg: DictConfig) -> dict[str, Any]:
+def _redraw(cfg: LandscapeOptions) -> dict[str, Any]:
     path = Path(cfg.from_json).expanduser()
     if not path.is_file():
         raise UserError(f"from_json={cfg.from_json} does not exist: pass a landscape.json "

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from sam.errors import UserError
 from sam.results import RESULTS_FILE, load_checkpoint
 from sam.sharpness.job import load_weights, read_results
+from sam.stored_config import checked_node
 
 PROG = "sam-landscape"
 
@@ -43,9 +43,9 @@ class Run:
               channels_last: bool = False) -> nn.Module:
         """The run's network with its trained weights, on ``device`` in ``dtype``
         (``channels_last``: 4-D weights in that memory format, a third faster on a CPU)."""
-        cfg = OmegaConf.create(self.config)
+        model_cfg = checked_node(self.config, "model", self.source)  # refused before any call
         try:
-            net = instantiate(cfg.model)
+            net = instantiate(model_cfg)
         except Exception as err:
             raise UserError(f"{self.source}: cannot rebuild its model ({_first(err)}): pass "
                             "the run directory it was trained in") from err
@@ -88,6 +88,7 @@ def load_run(source: str) -> Run:
     if not config or "model" not in config:
         raise UserError(f"no run config for {ckpt}: pass its sam-train run directory (the "
                         "one holding results.json)")
+    checked_node(config, "model", source)  # refuse what it may not name before anything else
     status = results.get("status")
     if status not in (None, "complete"):
         print(f"{PROG}: warning: {source} is {status} (checkpoint of epoch "
@@ -138,12 +139,7 @@ def slug(label: str) -> str:
 
 def model_summary(config: dict[str, Any]) -> str:
     """The model config in one short line (its ``_target_`` and arguments)."""
-    root = OmegaConf.create(config)
-    try:
-        model = OmegaConf.to_container(root.model, resolve=True)
-    except Exception:  # an interpolation that no longer resolves: show it as written
-        model = OmegaConf.to_container(root.model, resolve=False)
-    assert isinstance(model, dict)
+    model = dict(config.get("model") or {})  # resolved, as sam-train wrote it
     target = str(model.pop("_target_", "?")).rsplit(".", 1)[-1]
     args = " ".join(f"{k}={v}" for k, v in model.items() if not isinstance(v, dict | list))
     return f"{target} {args}".strip()

@@ -43,6 +43,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .args import check_count
 from .batchnorm import frozen_bn_stats
 from .ddp import _average_across_ranks
 from .passes import _forward_backward
@@ -53,8 +54,7 @@ from .rng import RngReplay
 def ablation_passes(opt) -> Callable:
     """Check a SAM optimizer's ablation options; the passes that take them."""
     k, second, ascent = opt.ascent_steps, opt.second_order, opt.ascent
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"ascent_steps must be an integer >= 1, got {k!r}")
+    check_count("ascent_steps", k)
     if ascent not in ("gradient", "random"):
         raise ValueError(f"ascent must be 'gradient' or 'random', got {ascent!r}")
     if (k > 1) + bool(second) + (ascent == "random") > 1:

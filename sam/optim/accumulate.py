@@ -31,7 +31,7 @@ accumulation. The clean-pass outputs of all micro-batches are kept (B x classes)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .args import check_count
 from .batchnorm import MeanBNUpdate, frozen_bn_stats
 from .ddp import _average_across_ranks
 from .passes import AscentContext, _forward_backward
@@ -49,8 +50,10 @@ from .shards import _sam_shards, _shards
 def accumulate_problem(batch: int, m: int | None, accumulate: Any) -> str | None:
     """Why ``accumulate`` cannot split a (per-rank) batch of ``batch`` with shard size
     ``m`` (None: the whole batch), as one "problem: fix" line; None when it can."""
-    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
-        return f"accumulate={accumulate!r}: must be an integer >= 1 (1: no micro-batches)"
+    try:
+        check_count("accumulate", accumulate)
+    except ValueError as err:
+        return f"{err} (1: no micro-batches)"
     if batch % accumulate:
         return (f"accumulate={accumulate} does not divide the (per-rank) batch {batch}: pick "
                 "accumulate from its divisors (micro-batches of equal size)")
@@ -59,33 +62,6 @@ def accumulate_problem(batch: int, m: int | None, accumulate: Any) -> str | None
         return (f"accumulate={accumulate} with m={m}: the micro-batch of {micro} and the shard "
                 f"of {m} must divide one another; pick m from the divisors or multiples of "
                 f"{micro}")
-    return None
-
-
-def config_problem(accumulate: int, optim: Mapping[str, Any] | None,
-                   m_impl: str = "auto") -> str | None:
-    """Why a run's settings cannot accumulate exactly (one line), or None. ``optim``: a SAM
-    optim config (None for a plain optimizer). SAM, ASAM, p=inf, SAM-ON and GSAM
-    accumulate; LookSAM and the paper's ablations run passes of their own."""
-    if accumulate == 1:
-        return None
-    if m_impl == "vmap":
-        return (f"accumulate={accumulate} with m_impl=vmap: micro-batches and shards run one "
-                "by one (that saves the memory); use m_impl=auto or loop")
-    if optim is None:
-        return None
-    if optim.get("variant", "sam") == "looksam":
-        return (f"accumulate={accumulate} with optim=looksam: its reuse steps are not "
-                "accumulated; use accumulate=1 (or a smaller batch)")
-    if optim.get("ascent_steps", 1) != 1:
-        return (f"accumulate={accumulate} with optim.ascent_steps={optim['ascent_steps']}: "
-                "the ablation's ascent is not accumulated; use accumulate=1")
-    if optim.get("second_order", False):
-        return (f"accumulate={accumulate} with optim.second_order: the Hessian pass is not "
-                "accumulated; use accumulate=1")
-    if optim.get("ascent", "gradient") != "gradient":
-        return (f"accumulate={accumulate} with optim.ascent={optim['ascent']}: the ablation "
-                "is not accumulated; use accumulate=1")
     return None
 
 

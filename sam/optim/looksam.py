@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .args import check_count
 from .passes import _forward_backward, _sam_passes
 from .perturbation import _GUARD, _with_grad, keep_clean_grads
 from .sam import SAM
@@ -59,8 +60,7 @@ class LookSAM(SAM):
 
     def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer],
                  rho: float = 0.05, k: int = 5, alpha: float = 0.7, **kwargs: Any) -> None:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        check_count("k", k)
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         super().__init__(params, base_optimizer, rho=rho, **kwargs)

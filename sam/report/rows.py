@@ -1,7 +1,8 @@
 """Grouping complete runs into table cells and rows.
 
 A group is the values of GROUP_KEYS, ``(dataset, model, augment, epochs, eval_split,
-fidelity)``: runs of another split or fidelity never share a row. Within it a cell is
+fidelity, label_noise, init_seed)``: runs of another split, fidelity or initial-weights
+seed never share a row. Within it a cell is
 ``(optim, setting)``: SAM cells by ``(rho, m)``, SGD cells by ``(None, m)`` where m is the
 BatchNorm shard size (it changes how SGD trains too). A table row is one SAM setting beside
 the SGD cell of the same m (when all SGD runs share one other m, those: e.g. plain SGD beside

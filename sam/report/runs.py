@@ -21,8 +21,11 @@ from sam.results import RESULTS_FILE, comparable_config, read_json
 # results.json files from before either was recorded evaluated on the test set and
 # trained as "pytorch"; label_noise: the fraction of noisy training labels (0.0 before it
 # was recorded). Read a key's fields by name (``group_fields``), never by position.
-GROUP_KEYS = ("dataset", "model", "augment", "epochs", "eval_split", "fidelity", "label_noise")
-GROUP_DEFAULTS = {"eval_split": "test", "fidelity": "pytorch", "label_noise": 0.0}
+GROUP_KEYS = ("dataset", "model", "augment", "epochs", "eval_split", "fidelity", "label_noise",
+              "init_seed")
+# what a run recorded before a key existed trained with (init_seed "seed": each run's own)
+GROUP_DEFAULTS = {"eval_split": "test", "fidelity": "pytorch", "label_noise": 0.0,
+                  "init_seed": "seed"}
 OPTIMS = ("sgd", "sam")
 
 GroupKey = tuple[Any, ...]  # values of GROUP_KEYS
@@ -51,8 +54,10 @@ def final_errors(runs: Iterable[dict[str, Any]]) -> list[float]:
 
 
 def group_value(summary: dict[str, Any], key: str) -> Any:
-    """``summary[key]``, or the value a run recorded before the key existed trained with."""
-    return summary.get(key, GROUP_DEFAULTS.get(key))
+    """``summary[key]``, or (absent or null) the value a run recorded before the key existed
+    trained with: init_seed null is "seed", each run's own initial weights."""
+    value = summary.get(key)
+    return GROUP_DEFAULTS.get(key) if value is None else value
 
 
 def _problem(run: dict[str, Any]) -> str | None:
@@ -149,8 +154,12 @@ def group_key(run: dict[str, Any]) -> GroupKey:
 
 
 def group_fields(key: GroupKey) -> dict[str, Any]:
-    """A group key by name: {"dataset": ..., "epochs": ..., "fidelity": ...}."""
-    return dict(zip(GROUP_KEYS, key, strict=True))
+    """A group key by name: {"dataset": ..., "epochs": ..., "fidelity": ...}; a key of
+    the first GROUP_KEYS only takes GROUP_DEFAULTS for the rest (init_seed: "seed")."""
+    if len(key) > len(GROUP_KEYS):
+        raise ValueError(f"a group key of {len(key)} values for {len(GROUP_KEYS)} keys")
+    named = dict(zip(GROUP_KEYS[: len(key)], key, strict=True))
+    return {k: named.get(k, GROUP_DEFAULTS.get(k)) for k in GROUP_KEYS}
 
 
 def with_fields(key: GroupKey, **changes: Any) -> GroupKey:

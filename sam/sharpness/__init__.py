@@ -24,7 +24,6 @@ from sam.sharpness.hessian import (
 from sam.sharpness.job import DENSITY_FILE, OUTPUT_FILE, SCHEMA_VERSION, run_sharpness
 from sam.sharpness.measurement import (
     check_settings,
-    check_training_config,
     epoch_sharpness,
     fixed_subset,
     measure,
@@ -38,7 +37,6 @@ __all__ = [
     "OUTPUT_FILE",
     "SCHEMA_VERSION",
     "check_settings",
-    "check_training_config",
     "epoch_sharpness",
     "fixed_subset",
     "hessian_summary",

@@ -1,7 +1,7 @@
 """``sam-sharpness``: Hessian spectrum and m-sharpness of a trained run.
 
-    sam-sharpness run_dir=outputs/<date>/<time> [images=1000 k=5 iters=50 ...]
-    python -m sam.cli.sharpness run_dir=...          # the same, without the console script
+    sam-sharpness runs=outputs/<date>/<time> [images=1000 k=5 iters=50 ...]
+    python -m sam.cli.sharpness runs=...             # the same, without the console script
 
 Rebuilds the model and the dataset from the run's resolved config (``results.json``, or the
 config saved in the checkpoint), loads ``checkpoints/last.pt`` (or ``checkpoint=``), and
@@ -22,23 +22,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sam import distributed
 from sam.data import load_splits
 from sam.errors import UserError
 from sam.results import RESULTS_FILE, atomic_write, load_checkpoint, read_json, write_json
 from sam.runtime import device_name, resolve_device, versions
+from sam.settings import stored_dataset
+from sam.settings.tools import SharpnessOptions
 from sam.sharpness.density import plot_density
 from sam.sharpness.measurement import check_settings, fixed_subset, measure, vector_dtype
+from sam.stored_config import instantiate_stored
 
 OUTPUT_FILE = "sharpness.json"
 DENSITY_FILE = "hessian_density.png"
 SCHEMA_VERSION = 1
 
 
-def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
+def run_sharpness(cfg: SharpnessOptions) -> dict[str, Any]:
     """Measure the run that ``cfg`` (configs/sharpness.yaml) points at; return the document
     also written to ``<out_dir>/sharpness.json``."""
     t0 = time.perf_counter()
@@ -59,29 +60,28 @@ def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
         print(f"sam-sharpness: warning: the run is {results['status']} (checkpoint of epoch "
               f"{state.get('epoch')} of {epochs}): measuring it as it is", file=sys.stderr)
     if config is None:
-        raise UserError(f"no run config for {ckpt_path}: pass run_dir=<its sam-train run "
+        raise UserError(f"no run config for {ckpt_path}: pass runs=<its sam-train run "
                         "directory> (the one holding results.json)")
-    run_cfg = OmegaConf.create(config)
-    if cfg.data_dir is not None and "data_dir" in run_cfg.dataset:
-        run_cfg.dataset.data_dir = cfg.data_dir
 
     device = resolve_device(cfg.device)
-    model = instantiate(run_cfg.model)
+    model = instantiate_stored(config, "model", str(run_dir or ckpt_path))  # allowlist only
     load_weights(model, state.get("model", state), ckpt_path)
     model.to(device)
-    splits = load_splits(run_cfg)
+    splits = load_splits(stored_dataset(config, cfg.data_dir), config["seed"])
     x, y = fixed_subset(splits.train_x, splits.train_y, cfg.images, cfg.seed, splits.mean,
                         splits.std, device)
     # SAM's own shard size: the run's m (results.json's; else from the config and the
     # number of processes that wrote the checkpoint: under DDP the per-rank batch)
     world = distributed.checkpoint_world_size(state)
-    run_m = (results.get("summary") or {}).get("m") or distributed.effective_m(run_cfg, world)
+    run_m = (results.get("summary") or {}).get("m") or distributed.effective_m(
+        config["batch_size"], config.get("m"), world, sam=config["optim"].get("name") == "sam",
+        sync_ascent=bool(config.get("ddp_sync_ascent", False)))
     default_m = min(run_m, len(x))
     ms = [default_m if m is None else m for m in ms]
     ms = list(dict.fromkeys(ms))
     rho = cfg.m_sharpness.rho
     if rho is None:
-        rho = OmegaConf.select(run_cfg, "optim.rho", default=run_cfg.get("rho", 0.05))
+        rho = (config.get("optim") or {}).get("rho", config.get("rho", 0.05))
     r = measure(model, x, y, batch_size=cfg.batch_size, k=cfg.k, iters=cfg.iters,
                 trace_samples=cfg.trace_samples, m=ms, rho=rho,
                 ascent_steps=cfg.m_sharpness.ascent_steps, m_mode=cfg.m_sharpness.mode,
@@ -130,18 +130,18 @@ def run_sharpness(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _m_list(value: Any) -> list[int | None]:
-    if isinstance(value, ListConfig | list | tuple):
+    if isinstance(value, list | tuple):
         if len(value) == 0:
             raise UserError("m_sharpness.m=[]: give a shard size, a list of them, or null")
         return list(value)
     return [value]
 
 
-def _locate(cfg: DictConfig) -> tuple[Path | None, Path, Path]:
+def _locate(cfg: SharpnessOptions) -> tuple[Path | None, Path, Path]:
     """(run directory or None, checkpoint path, output directory) from the options."""
-    run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else None
+    run_dir = Path(cfg.runs).expanduser() if cfg.runs else None
     if run_dir is not None and not run_dir.is_dir():
-        raise UserError(f"run_dir={cfg.run_dir} is not a directory: pass a sam-train run "
+        raise UserError(f"runs={cfg.runs} is not a directory: pass a sam-train run "
                         "directory (outputs/<date>/<time>)")
     if cfg.checkpoint:
         ckpt = Path(cfg.checkpoint).expanduser()
@@ -154,7 +154,7 @@ def _locate(cfg: DictConfig) -> tuple[Path | None, Path, Path]:
             raise UserError(f"{run_dir} holds no checkpoints/last.pt: finish or resume the run "
                             "(sam-train with the same hydra.run.dir) or pass checkpoint=")
     else:
-        raise UserError("nothing to measure: pass run_dir=<sam-train run directory> or "
+        raise UserError("nothing to measure: pass runs=<sam-train run directory> or "
                         "checkpoint=<path>")
     if cfg.out_dir:
         out = Path(cfg.out_dir).expanduser()

@@ -31,12 +31,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from sam import distributed
 from sam.data import Normalize
 from sam.errors import UserError
+from sam.settings import SharpnessSettings
 from sam.sharpness.hessian import hessian_summary, hvp_fn, num_params, slq_density
 from sam.sharpness.msharpness import m_sharpness
 
@@ -170,52 +169,33 @@ def untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
                 mod.training = flag
 
 
-def _training_settings(cfg: DictConfig) -> DictConfig | None:
-    s = cfg.get("sharpness")
-    return s if s is not None and s.get("every", 0) else None
-
-
-def check_training_config(cfg: DictConfig) -> None:
-    """Validate the trainer's ``sharpness:`` block (nothing to check when every=0)."""
-    s = _training_settings(cfg)
-    if s is None:
-        return
-    if s.every < 0:
-        raise UserError(f"sharpness.every={s.every}: must be >= 0 (0 = off)")
-    check_settings(k=s.k, iters=s.iters, images=s.images,
-                   batch_size=s.get("batch_size") or cfg.batch_size,
-                   trace_samples=s.trace_samples, m=[s.get("m")], rho=s.get("rho"),
-                   prefix="sharpness.")
-    vector_dtype(s.get("dtype", "float32"), "sharpness.dtype")
-
-
-def epoch_sharpness(cfg: DictConfig, model: nn.Module, splits: Any, epoch: int,
-                    writer: Any = None) -> dict[str, float]:
-    """The trainer's hook after epoch ``epoch`` (1-based): ``{}`` unless ``sharpness.every``
-    is N > 0 and the epoch is a multiple of N or the last one; then lambda_max,
-    lambda_max / lambda_5, the Hutchinson trace (and its standard error) and m-sharpness on
-    ``sharpness.images`` fixed training images (seed ``cfg.seed``), logged to TensorBoard as
-    ``sharpness/<name>`` and returned as ``{"sharpness_<name>": value}`` for the history.
+def epoch_sharpness(s: SharpnessSettings, model: nn.Module, splits: Any, epoch: int,
+                    writer: Any = None, *, epochs: int, seed: int, batch_size: int, m: int,
+                    rho: float) -> dict[str, float]:
+    """The trainer's hook after epoch ``epoch`` (1-based) of ``epochs``: ``{}`` unless
+    ``sharpness.every`` is N > 0 and the epoch is a multiple of N or the last one; then
+    lambda_max, lambda_max / lambda_5, the Hutchinson trace (and its standard error) and
+    m-sharpness on ``sharpness.images`` fixed training images (drawn from ``seed``), logged
+    to TensorBoard as ``sharpness/<name>`` and returned as ``{"sharpness_<name>": value}``
+    for the history. ``batch_size``, ``m``, ``rho``: the run's, used where ``s`` leaves its
+    own null.
 
     ``splits`` is the :class:`sam.data.Splits` the run trains on. The measurement leaves the
     training trajectory bit-identical: see :func:`untouched`. Every DDP rank computes it (same
     weights and data, same values), so no rank waits on another.
     """
-    s = _training_settings(cfg)
-    if s is None or (epoch % s.every != 0 and epoch != cfg.epochs):
+    if not s.every or (epoch % s.every != 0 and epoch != epochs):
         return {}
     device = next(model.parameters()).device
-    m = s.get("m") or distributed.effective_m(cfg)  # under DDP m defaults to the per-rank batch
-    rho = s.get("rho")
-    if rho is None:
-        rho = OmegaConf.select(cfg, "optim.rho", default=cfg.get("rho", 0.05))
+    m = s.m or m  # under DDP the run's m is the per-rank batch
+    rho = s.rho if s.rho is not None else rho
     t0 = time.perf_counter()
     with untouched(model, device):
-        x, y = fixed_subset(splits.train_x, splits.train_y, s.images, cfg.seed, splits.mean,
+        x, y = fixed_subset(splits.train_x, splits.train_y, s.images, seed, splits.mean,
                             splits.std, device)
-        r = measure(model, x, y, batch_size=s.get("batch_size") or cfg.batch_size, k=s.k,
+        r = measure(model, x, y, batch_size=s.batch_size or batch_size, k=s.k,
                     iters=s.iters, trace_samples=s.trace_samples, m=[min(m, len(x))],
-                    rho=rho, seed=cfg.seed, dtype=vector_dtype(s.get("dtype", "float32")))
+                    rho=rho, seed=seed, dtype=vector_dtype(s.dtype))
     values = {"lambda_max": r["lambda_max"], "lambda_ratio": r["lambda_ratio"],
               "trace": r["trace"], "m_sharpness": next(iter(r["m_sharpness"].values()))}
     out = {f"sharpness_{key}": float(v) for key, v in values.items()}

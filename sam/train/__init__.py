@@ -1,7 +1,8 @@
 """The trainer: one SGD or SAM run from a resolved config, resumable (``sam-train``).
 
-- :mod:`~sam.train.runner`: :func:`run`, the run as a list of named steps.
-- :mod:`~sam.train.validation`: :func:`validate`, the config checks before anything runs.
+- :mod:`~sam.train.runner`: :func:`run`, the run as a list of named steps, and
+  :func:`validate`, the config read once into typed settings (``sam.settings``).
+- :mod:`~sam.train.placement`: :class:`Placement`, where and how this process runs.
 - :mod:`~sam.train.build`: data loaders, model, optimizer, schedule and precision.
 - :mod:`~sam.train.loop`: one epoch of ``sam_step`` (:func:`train_epoch`), :func:`evaluate`,
   the device-side bookkeeping (:class:`EpochMeter`) and :class:`Diverged`.
@@ -31,11 +32,11 @@ from sam.train.checkpoint import (
     write_invocation,
 )
 from sam.train.lock import RunDirBusy, RunLock
-from sam.train.loop import Diverged, EpochMeter, evaluate, train_epoch
+from sam.train.loop import Diverged, EpochMeter, StepOptions, evaluate, train_epoch
+from sam.train.placement import Placement, place
 from sam.train.preemption import Preempted, StopRequest
-from sam.train.runner import run
+from sam.train.runner import run, validate
 from sam.train.schedules import cosine_schedule, step_schedule
-from sam.train.validation import validate
 from sam.train.writes import WriteFailed
 
 __all__ = [
@@ -43,11 +44,13 @@ __all__ = [
     "Data",
     "Diverged",
     "EpochMeter",
+    "Placement",
     "Preempted",
     "RunDir",
     "RunDirBusy",
     "RunLock",
     "Setup",
+    "StepOptions",
     "StopRequest",
     "WriteFailed",
     "_previous_results",
@@ -62,6 +65,7 @@ __all__ = [
     "cosine_schedule",
     "evaluate",
     "load_splits",
+    "place",
     "precision_change",
     "restore",
     "resume",

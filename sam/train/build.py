@@ -1,5 +1,5 @@
-"""What one run trains, built from its config: data loaders, model, optimizer, schedule and
-precision (the config groups ``dataset``, ``augment``, ``model``, ``optim``, ``schedule``).
+"""What one run trains, built from its settings: data loaders, model, optimizer, schedule and
+precision (the groups ``dataset``, ``augment``, ``model``, ``optim``, ``schedule``).
 
 ``build`` makes them in a fixed order (seed, data, weights, per-rank reseed, optimizer):
 the order of the random draws, which a deterministic run reproduces bit for bit.
@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from sam import distributed
@@ -20,7 +19,9 @@ from sam.data import augment_options, dataset_options, load_splits, make_loader
 from sam.data.image_loader import IMAGE_SETS, image_loaders, image_stats
 from sam.errors import UserError
 from sam.optim import exclude_from_weight_decay, param_groups
-from sam.runtime import amp_settings, seed_everything
+from sam.runtime import fp32_precision, grad_scaler, seed_everything, set_fp32_precision
+from sam.settings import Settings
+from sam.train.placement import Placement
 
 
 @dataclass
@@ -49,77 +50,97 @@ class Setup:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     amp_dtype: torch.dtype | None  # autocast dtype; None: fp32
     scaler: torch.amp.GradScaler | None  # fp16 only
+    fp32_precision: dict[str, str]  # what convolutions and matmuls compute in
 
 
-def build(cfg: DictConfig, device: torch.device) -> Setup:
+def build(s: Settings, place: Placement) -> Setup:
     """Seed, load the data and make the model, optimizer, schedule and precision."""
-    seed_everything(cfg.seed, cfg.deterministic)
-    data = build_data(cfg, device)
-    data.train, data.eval = distributed.shard(data.train), distributed.shard(data.eval)
-    net = instantiate(cfg.model, **model_inputs(cfg, data)).to(device)
-    if cfg.channels_last:
+    device = place.device
+    seed_everything(s.seed, s.deterministic)
+    set_fp32_precision(s.fidelity.fp32_precision)
+    computed = {"setting": s.fidelity.fp32_precision, **fp32_precision(device, place.amp_dtype)}
+    data = build_data(s, device)
+    if place.ddp:
+        data.train = distributed.ShardedLoader(data.train, place.rank, place.world)
+        data.eval = distributed.ShardedLoader(data.eval, place.rank, place.world)
+    net = initial_model(s, data).to(device)
+    if s.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    model = torch.compile(net) if cfg.compile else net
-    model = distributed.wrap(model, device, cfg.get("sync_bn", False))  # DDP or model
-    distributed.seed_rank(cfg.seed)  # distinct dropout/shake noise on each rank
-    optimizer = build_optimizer(cfg, net)
+    model = torch.compile(net) if s.compile else net
+    if place.ddp:
+        model = distributed.wrap(model, device, s.sync_bn)
+        distributed.seed_rank(s.seed)  # distinct dropout/shake noise on each rank
+    optimizer = build_optimizer(s, net)
     steps = len(data.train)
-    scheduler = instantiate(cfg.schedule)(optimizer, total_steps=cfg.epochs * steps,
-                                          steps_per_epoch=steps)
-    amp_dtype, scaler = amp_settings(cfg.amp, device)
-    return Setup(device, data, net, model, optimizer, scheduler, amp_dtype, scaler)
+    scheduler = instantiate(s.schedule.spec)(optimizer, total_steps=s.epochs * steps,
+                                             steps_per_epoch=steps)
+    return Setup(device, data, net, model, optimizer, scheduler, place.amp_dtype,
+                 grad_scaler(place.amp_dtype), computed)
 
 
-def model_inputs(cfg: DictConfig, data: Data) -> dict[str, Any]:
+def initial_model(s: Settings, data: Data) -> nn.Module:
+    """The model with its initial weights: drawn from the run's RNG stream (seeded by
+    ``seed``) when ``init_seed`` is null or equal to it, else from a stream of ``init_seed``
+    of its own (the official code's fixed PRNGKey(0)), leaving the run's stream as it was."""
+    if s.init_seed is None or s.init_seed == s.seed:
+        return instantiate(s.model.spec, **model_inputs(s, data))
+    with torch.random.fork_rng(devices=[]):  # the model is made on the CPU
+        torch.manual_seed(s.init_seed)
+        return instantiate(s.model.spec, **model_inputs(s, data))
+
+
+def model_inputs(s: Settings, data: Data) -> dict[str, Any]:
     """What a model that un-normalizes its batches (model=timm, docs/finetune.md) must know
     of the loaders, where its config leaves ``in_mean``/``in_std`` null: their mean/std."""
-    if cfg.model.get("in_mean", "unused") is not None:
+    if s.model.spec.get("in_mean", "unused") is not None:
         return {}
     if data.splits is not None:
         mean, std = data.splits.mean, data.splits.std
     else:  # the image sets' loaders: dataset.mean/std, ImageNet's when null
-        mean, std = image_stats(cfg.dataset)
+        mean, std = image_stats(s.dataset)
     return {"in_mean": list(mean), "in_std": list(std)}
 
 
-def build_data(cfg: DictConfig, device: torch.device) -> Data:
+def build_data(s: Settings, device: torch.device) -> Data:
     """Load the dataset (synthetic fallback when allowed) and make the two loaders."""
-    d = cfg.dataset
+    d = s.dataset
     if d.name in IMAGE_SETS:  # image files through DataLoader workers; no uint8 splits
-        sets, train, evaluation = image_loaders(cfg, device)
+        sets, train, evaluation = image_loaders(
+            d, s.augment, seed=s.seed, batch_size=s.batch_size,
+            eval_batch_size=s.eval_batch_size, device=device)
         return Data(train, evaluation, sets.num_classes, sets.name, "test", sets.source)
-    splits = load_splits(cfg)
+    splits = load_splits(d, s.seed)
     eval_x, eval_y = splits.test_x, splits.test_y
     if d.test_subset is not None:
         eval_x, eval_y = eval_x[: d.test_subset], eval_y[: d.test_subset]
-    if len(splits.train_x) < cfg.batch_size:
+    if len(splits.train_x) < s.batch_size:
         raise UserError(f"only {len(splits.train_x)} training images for batch_size="
-                        f"{cfg.batch_size}: lower batch_size or raise dataset.subset")
-    common = dict(device=device, mean=splits.mean, std=splits.std, seed=cfg.seed)
-    train = make_loader(splits.train_x, splits.train_y, batch_size=cfg.batch_size,
-                        augment=cfg.augment.name, shuffle=True, drop_last=True,
-                        **augment_options(cfg.augment), **dataset_options(d), **common)
-    evaluation = make_loader(eval_x, eval_y, batch_size=cfg.eval_batch_size, augment="none",
+                        f"{s.batch_size}: lower batch_size or raise dataset.subset")
+    common = dict(device=device, mean=splits.mean, std=splits.std, seed=s.seed)
+    train = make_loader(splits.train_x, splits.train_y, batch_size=s.batch_size,
+                        augment=s.augment.name, shuffle=True, drop_last=True,
+                        **augment_options(s.augment), **dataset_options(d), **common)
+    evaluation = make_loader(eval_x, eval_y, batch_size=s.eval_batch_size, augment="none",
                              shuffle=False, drop_last=False, num_workers=0, **common)
     return Data(train, evaluation, splits.num_classes, splits.name,
                 getattr(splits, "eval_split", "test"), splits.source, splits=splits)
 
 
-def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(s: Settings, model: nn.Module) -> torch.optim.Optimizer:
     """Instantiate the optim group (a partial of SAM, a SAM variant or SGD) on the model's
     parameters: SAM's param groups by ``optim.perturb`` (SAM-ON: norm layers only), the
     1-d parameters without weight decay (``wd_exclude_norm_bias``), the run's seed for
     ``optim.ascent=random``."""
-    optim_cfg = OmegaConf.to_container(cfg.optim, resolve=True)
-    del optim_cfg["name"]
-    optim_cfg.pop("variant", None)
-    perturb = optim_cfg.pop("perturb", "all")
+    spec = {k: v for k, v in s.optim.spec.items() if k not in ("name", "variant", "perturb")}
     try:
-        params = param_groups(model, optim_cfg.get("rho", 0.0), perturb)
+        params = param_groups(model, spec.get("rho", 0.0), s.optim.perturb)
     except ValueError as err:  # SAM-ON on a model without normalization layers
         raise UserError(f"{err}: use optim.perturb=all (or a model with them)") from None
-    if cfg.get("wd_exclude_norm_bias", False):
+    if s.wd_exclude_norm_bias:
         params = exclude_from_weight_decay(params)
-    if optim_cfg.get("ascent") == "random":
-        optim_cfg["seed"] = cfg.seed
-    return instantiate(optim_cfg)(params)
+    if s.optim.ascent == "random":
+        spec["seed"] = s.seed
+    try:
+        return instantiate(spec)(params)
+    except ValueError as err:  # sam.optim speaks in its arguments' names
+        raise UserError(f"optim: {err}: fix the optim.* setting") from None

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
 from sam import distributed
 from sam.errors import UserError
 from sam.results import (
@@ -28,7 +26,9 @@ from sam.results import (
     read_json,
 )
 from sam.runtime import rng_state, set_rng_state
+from sam.settings import Settings
 from sam.train.build import Setup
+from sam.train.placement import Placement
 
 log = logging.getLogger("sam.train")  # the package's logger, as before the split
 
@@ -69,7 +69,7 @@ class Start:
     elapsed_s: float = 0.0
 
 
-def resume(cfg: DictConfig, setup: Setup, run_dir: RunDir, config: dict,
+def resume(s: Settings, place: Placement, setup: Setup, run_dir: RunDir, config: dict,
            results: dict) -> Start:
     """Continue from the directory's checkpoint, if it has one: load it into ``setup`` and
     its history into ``results``; a checkpoint taken inside an epoch also positions the
@@ -80,19 +80,19 @@ def resume(cfg: DictConfig, setup: Setup, run_dir: RunDir, config: dict,
     if state is None:
         return Start(0, True)
     _refuse_other_config(state["config"], config, run_dir.path)
-    _refuse_changed_semantics(state, cfg, run_dir.path)
-    _refuse_other_world_size(state, run_dir.path)
+    _refuse_changed_semantics(state, s, place, run_dir.path)
+    _refuse_other_world_size(state, place.world, run_dir.path)
+    if note := precision_change(state["history"], results["precision"]):
+        log.warning(note)
     restore(state, setup)
     results.update(history=state["history"], wall_time_s=state["wall_time_s"],
                    started_at=state["started_at"])
-    if note := precision_change(state["history"], results["precision"]):
-        log.warning(note)
     start = Start(state["epoch"], False)
     if (position := state.get("position")) is not None:
         setup.data.train.resume_at(position["loader"])
         ranks = position.get("meter_ranks")
         start = Start(state["epoch"], False, position["loader"]["step"],
-                      ranks[distributed.rank()] if ranks else position["meter"],
+                      ranks[place.rank] if ranks else position["meter"],
                       position["elapsed_s"])
     log.info("resuming %s from epoch %d%s", run_dir.path, start.epoch + bool(start.step),
              f", step {start.step}" if start.step else "")
@@ -162,8 +162,8 @@ def _previous_results(path: Path, config: dict) -> dict | None:
     return previous
 
 
-def write_invocation(run_dir: Path, files: dict[str, Any], fresh: bool) -> None:
-    """Write each config node as YAML to ``run_dir/.hydra/<name>``: all of them when the
+def write_invocation(run_dir: Path, files: dict[str, str], fresh: bool) -> None:
+    """Write each YAML text to ``run_dir/.hydra/<name>``: all of them when the
     run starts fresh, only the missing ones when it resumes (they describe the invocation
     that started it). Called after the directory's checks, so an invocation that is
     refused (another config, a bad value, an already complete run) never rewrites them."""
@@ -172,8 +172,7 @@ def write_invocation(run_dir: Path, files: dict[str, Any], fresh: bool) -> None:
     for name, node in files.items():
         path = folder / name
         if fresh or not path.exists():
-            text = OmegaConf.to_yaml(node)
-            atomic_write(path, lambda f, text=text: f.write(text))
+            atomic_write(path, lambda f, text=node: f.write(text))
 
 
 def _refuse_other_config(stored: dict, config: dict, run_dir: Path) -> None:
@@ -186,27 +185,27 @@ def _refuse_other_config(stored: dict, config: dict, run_dir: Path) -> None:
                         f"(hydra.run.dir=...) or the original overrides{hint}")
 
 
-def _refuse_changed_semantics(state: dict, cfg: DictConfig, run_dir: Path) -> None:
+def _refuse_changed_semantics(state: dict, s: Settings, place: Placement,
+                              run_dir: Path) -> None:
     """UserError when the checkpoint was written under semantics that trained this config
     differently (resuming would change the method mid-run); see SEMANTICS."""
-    m = distributed.local_m(cfg)
-    if (state.get("semantics", 1) < 2 and cfg.optim.name != "sam" and m is not None
-            and m < cfg.batch_size // distributed.world_size()):
-        raise UserError(f"{run_dir} began when m did not apply to {cfg.optim.name} "
+    m = place.local_m
+    if (state.get("semantics", 1) < 2 and not s.is_sam and m is not None
+            and m < place.per_rank_batch):
+        raise UserError(f"{run_dir} began when m did not apply to {s.optim.name} "
                         "(BatchNorm over the whole batch); this version gives it BatchNorm "
                         f"shards of m={m}: train it in a new run directory")
-    if state.get("semantics", 1) < 3 and cfg.augment.name == "autoaugment":
+    if state.get("semantics", 1) < 3 and s.augment.name == "autoaugment":
         raise UserError(f"{run_dir} began when AutoAugment ran after the crop and flip; this "
                         "version runs it before them, as the official code: train it in a "
                         "new run directory")
 
 
-def _refuse_other_world_size(state: dict, run_dir: Path) -> None:
+def _refuse_other_world_size(state: dict, now: int, run_dir: Path) -> None:
     """UserError when the checkpoint was written by another number of processes: the
     per-rank batch sets BatchNorm's batches and SAM's per-rank eps (m), and every rank's
     RNG state is in the checkpoint, so a run continues with the world it began with."""
     before = distributed.checkpoint_world_size(state)
-    now = distributed.world_size()
     if before != now:
         raise UserError(f"{run_dir} was trained by {before} process(es), this is {now}: "
                         f"resume it with {before} (torchrun --nproc_per_node={before}, or "

@@ -9,6 +9,7 @@ cross-entropy and error over the evaluation set. Both sum across ranks under DDP
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -115,8 +116,24 @@ def training_loss(label_smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
     return partial(F.cross_entropy, label_smoothing=float(label_smoothing))
 
 
-def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, device, progress,
-                *, meter: EpochMeter | None = None,
+@dataclass(frozen=True)
+class StepOptions:
+    """How every training step runs: the run's settings and placement that ``sam_step``
+    and the epoch loop read (``sam.train.runner.step_options`` makes it)."""
+
+    nan_check_every: int = 1  # steps between NaN/inf loss checks
+    channels_last: bool = False
+    m: int | None = None  # sam_step's shard size (None: one shard)
+    sync_ascent: bool = False  # ddp_sync_ascent
+    m_impl: str = "auto"
+    accumulate: int = 1
+    label_smoothing: float = 0.0
+    bn_eval_mode: bool = False
+    true_gradient: bool = False  # Shake-Shake/ShakeDrop: the official ascent pass
+
+
+def train_epoch(model, optimizer, scheduler, loader, options: StepOptions, amp_dtype, scaler,
+                device, progress, *, meter: EpochMeter | None = None,
                 after_step: Callable[[EpochMeter], bool] | None = None):
     """One epoch of sam_step; returns (mean loss, error %, images) read once at the end
     (Diverged on a NaN/inf loss: see EpochMeter). The loss is ``training_loss`` (label
@@ -127,27 +144,25 @@ def train_epoch(model, optimizer, scheduler, loader, cfg, amp_dtype, scaler, dev
     is called after every step with the meter (``meter.steps``: steps done); when it
     returns True the epoch stops there and None is returned (a checkpoint and exit).
     """
+    o = options
     model.train()
-    if cfg.get("bn_eval_mode", False):  # the official fine-tuning: BatchNorm as at test time
+    if o.bn_eval_mode:  # the official fine-tuning: BatchNorm as at test time
         for layer in model.modules():
             if isinstance(layer, nn.modules.batchnorm._BatchNorm):
                 layer.eval()
-    meter = meter if meter is not None else EpochMeter(device, cfg.nan_check_every)
-    channels_last = bool(cfg.channels_last)
-    local_m, sync_ascent = distributed.local_m(cfg), cfg.get("ddp_sync_ascent", False)
-    ascent_context, loss_fn = None, training_loss(cfg.get("label_smoothing", 0.0))
-    if (cfg.get("fidelity") or {}).get("true_gradient", False) and isinstance(optimizer, SAM):
+    meter = meter if meter is not None else EpochMeter(device, o.nan_check_every)
+    ascent_context, loss_fn = None, training_loss(o.label_smoothing)
+    if o.true_gradient and isinstance(optimizer, SAM):
         # the official ascent pass: Shake-Shake/ShakeDrop backpropagate through the forward
         # gate. A compile/DDP wrapper's modules() are the wrapped model's own modules
         ascent_context = partial(true_gradient, model)
     for x, y in tqdm(loader, disable=not progress, leave=False, unit="batch"):
-        if channels_last:
+        if o.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss, out = sam_step(model, optimizer, loss_fn, x, y, m=local_m,
+        loss, out = sam_step(model, optimizer, loss_fn, x, y, m=o.m,
                              amp_dtype=amp_dtype, scaler=scaler, return_outputs=True,
-                             sync_ascent=sync_ascent, shard_impl=cfg.m_impl,
-                             ascent_context=ascent_context,
-                             accumulate=cfg.get("accumulate", 1))
+                             sync_ascent=o.sync_ascent, shard_impl=o.m_impl,
+                             ascent_context=ascent_context, accumulate=o.accumulate)
         scheduler.step()
         meter.update(loss, out, y)
         if after_step is not None and after_step(meter):

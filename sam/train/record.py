@@ -9,35 +9,39 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from sam import distributed
 from sam.optim import variant_label
 from sam.results import SCHEMA_VERSION
-from sam.runtime import device_name, precision_name, versions
+from sam.runtime import precision_name, versions
+from sam.settings import Settings
 from sam.train.build import Setup
 from sam.train.loop import Diverged
+from sam.train.placement import Placement
 
 
-def new_results(cfg: DictConfig, setup: Setup, config: dict, overrides: list[str] | None,
-                choices: dict[str, str] | None) -> dict:
-    """The results dict of a run about to start (or resume): status "running", no epochs."""
+def new_results(s: Settings, place: Placement, setup: Setup, config: dict,
+                overrides: list[str] | None, choices: dict[str, str] | None,
+                backend: str | None = None) -> dict:
+    """The results dict of a run about to start (or resume): status "running", no epochs.
+    ``backend``: the process group's (nccl, gloo) under DDP."""
     data = setup.data
     results = {
         "schema_version": SCHEMA_VERSION, "status": "running", "error": None,
-        "summary": _summary(cfg, choices or {}, data.name, data.eval_split),
+        "summary": _summary(s, choices or {}, data.name, data.eval_split),
         "overrides": list(overrides or []), "config": config, "data_source": data.source,
         "label_noise": getattr(data.splits, "label_noise", None),  # its record, or None
         # why synthetic data replaced the dataset (dataset.fallback_synthetic), or None
         "synthetic_fallback": getattr(data.splits, "fallback", None),
         "history": [], "final": None, "wall_time_s": 0.0, "images_per_sec": None,
-        "device": device_name(setup.device), "precision": precision_name(setup.amp_dtype),
+        "device": place.device_name, "precision": precision_name(setup.amp_dtype),
+        # what convolutions and matmuls computed in (fidelity.fp32_precision, amp)
+        "fp32_precision": setup.fp32_precision,
         "versions": versions(),
         "started_at": now(), "updated_at": now(),
     }
-    if distributed.is_distributed():
-        results["distributed"] = distributed.describe(cfg)
+    if place.ddp:
+        results["distributed"] = place.describe(backend or "")
         # per-rank ascent makes each rank a shard: the report must see that m
         results["summary"]["m"] = results["distributed"]["effective_m"]
     return results
@@ -101,21 +105,21 @@ class _NoWriter:
         return lambda *args, **kwargs: None
 
 
-def _summary(cfg: DictConfig, choices: dict[str, str], data_name: str, eval_split: str) -> dict:
-    is_sam = cfg.optim.name == "sam"
-    model = choices.get("model", cfg.model._target_)
-    if cfg.model.get("_target_") == "sam.models.timm_model.timm_model":  # model=timm
-        model = f"timm/{cfg.model.name}"  # the net, so that reports keep timm nets apart
+def _summary(s: Settings, choices: dict[str, str], data_name: str, eval_split: str) -> dict:
+    model = choices.get("model", s.model.spec["_target_"])
+    if s.model.spec.get("_target_") == "sam.models.timm_model.timm_model":  # model=timm
+        model = f"timm/{s.model.spec['name']}"  # the net, so that reports keep timm nets apart
     return {"dataset": data_name, "model": model,
-            "augment": cfg.augment.name, "optim": cfg.optim.name,
-            "rho": cfg.optim.rho if is_sam else None, "m": cfg.m,  # SGD: BatchNorm shards
-            "variant": variant_label(cfg.optim) if is_sam else None,  # docs/variants.md
-            "epochs": cfg.epochs, "seed": cfg.seed, "batch_size": cfg.batch_size,
+            "augment": s.augment.name, "optim": s.optim.name,
+            "rho": s.optim.rho if s.is_sam else None, "m": s.m,  # SGD: BatchNorm shards
+            "variant": variant_label(s.optim.spec) if s.is_sam else None,  # docs/variants.md
+            "epochs": s.epochs, "seed": s.seed, "batch_size": s.batch_size,
+            # the initial weights' seed: the run seed (null), or one for every run (official)
+            "init_seed": s.init_seed,
             # what the optimizer got (the long forms optim.lr / optim.weight_decay too)
-            "lr": cfg.optim.get("lr", cfg.lr), "lam": cfg.optim.get("weight_decay", cfg.lam),
-            "eval_split": eval_split,
-            "label_noise": cfg.dataset.get("label_noise", 0.0),
-            "fidelity": cfg.fidelity.name if "fidelity" in cfg else "pytorch"}
+            "lr": s.optim.lr, "lam": s.optim.weight_decay,
+            "eval_split": eval_split, "label_noise": s.dataset.label_noise,
+            "fidelity": s.fidelity.name}
 
 
 def _flat_hparams(summary: dict) -> dict:

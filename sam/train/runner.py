@@ -1,8 +1,11 @@
 """One training run, resumable: ``run(cfg, run_dir)`` as a short list of named steps.
 
-    validate -> prepare (join the ranks, find the run directory) -> lock it -> already
-    complete? done -> build -> resume or start -> open the run directory -> train the
-    epochs -> finish
+    validate (config -> typed Settings + Placement) -> prepare (join the ranks, find the
+    run directory) -> lock it -> already complete? done -> build -> resume or start ->
+    open the run directory -> train the epochs -> finish
+
+The composed config is read once, here (``validate``); below this module everything takes
+the typed ``sam.settings.Settings`` and this process's ``Placement``.
 
 Every epoch trains with ``sam_step`` (:mod:`sam.train.loop`), evaluates, logs to
 TensorBoard, checkpoints ``checkpoints/last.pt`` and rewrites ``results.json``
@@ -21,15 +24,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sam import distributed
+from sam.data import check_image_config
 from sam.errors import UserError
 from sam.results import remove_stale_temps, write_json
-from sam.runtime import resolve_device
+from sam.settings import Settings, read_settings
 from sam.sharpness import epoch_sharpness
 from sam.train.build import Setup, build
 from sam.train.checkpoint import (
@@ -40,7 +43,8 @@ from sam.train.checkpoint import (
     write_invocation,
 )
 from sam.train.lock import RunLock
-from sam.train.loop import Diverged, EpochMeter, evaluate, train_epoch
+from sam.train.loop import Diverged, EpochMeter, StepOptions, evaluate, train_epoch
+from sam.train.placement import Placement, joined, place
 from sam.train.preemption import Preempted, StopRequest
 from sam.train.record import (
     add_epoch,
@@ -52,7 +56,6 @@ from sam.train.record import (
     open_writer,
 )
 from sam.train.saving import Saver
-from sam.train.validation import validate
 from sam.train.writes import quiet_background_writers, writing
 
 log = logging.getLogger("sam.train")  # the package's logger, as before the split
@@ -60,17 +63,18 @@ log = logging.getLogger("sam.train")  # the package's logger, as before the spli
 
 def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None,
         choices: dict[str, str] | None = None, multirun: bool = False,
-        invocation_files: dict[str, Any] | None = None) -> dict:
+        invocation_files: dict[str, str] | None = None) -> dict:
     """Train one run into ``run_dir``; return its results dict (also in results.json).
 
-    ``invocation_files`` (name -> config node, e.g. Hydra's config.yaml, hydra.yaml and
+    ``invocation_files`` (name -> YAML text, e.g. Hydra's config.yaml, hydra.yaml and
     overrides.yaml) go to ``run_dir/.hydra/`` once the directory is accepted for this
     config: see :func:`~sam.train.checkpoint.write_invocation`. Raises ``Preempted``
     after the checkpoint when a stop signal came, ``WriteFailed`` when a file could not
     be written, UserError when another process holds the directory.
     """
-    validate(cfg)
-    device, directory = prepare(cfg, run_dir)
+    settings, placement = validate(cfg)
+    placement, directory = prepare(placement, run_dir)
+    s = settings
     with locked(directory), StopRequest() as stop, quiet_background_writers():
         config = OmegaConf.to_container(cfg, resolve=True)
         previous = _previous_results(directory.results, config)
@@ -78,15 +82,18 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
             log.info("run in %s is already complete (final test error %.2f%%): nothing to do",
                      directory.path, previous["final"]["test_error"])
             return previous
-        setup = build(cfg, device)
-        results = new_results(cfg, setup, config, overrides, choices)
-        start = resume(cfg, setup, directory, config, results)
-        progress = _progress_enabled(cfg, multirun) and directory.main
+        setup = build(s, placement)
+        results = new_results(s, placement, setup, config, overrides, choices,
+                              backend=distributed.backend())
+        start = resume(s, placement, setup, directory, config, results)
+        progress = _progress_enabled(s.progress, multirun) and directory.main
         writer = open_run_dir(directory, results, start_epoch=start.epoch, fresh=start.fresh,
                               invocation_files=invocation_files)
-        saver = Saver(cfg, setup, directory, results, stop)
+        saver = Saver(s.checkpoint_every_steps, setup, directory, results, stop,
+                      ddp=placement.ddp)
         try:
-            train_epochs(cfg, setup, saver, results, writer, start=start, progress=progress)
+            train_epochs(s, placement, setup, saver, results, writer, start=start,
+                         progress=progress)
             with writing(directory.path / "tensorboard"):
                 finish(results, writer)
         except Preempted as stopped:
@@ -100,12 +107,20 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     return results
 
 
-def prepare(cfg: DictConfig, run_dir: str | Path) -> tuple[torch.device, RunDir]:
-    """Join the ranks under torchrun; returns this rank's device and the run directory
+def validate(cfg: DictConfig) -> tuple[Settings, Placement]:
+    """The run's checked settings and placement, read once from the composed config;
+    UserError (problem and fix on one line) for a config that cannot run."""
+    settings = read_settings(OmegaConf.to_container(cfg, resolve=True))
+    check_image_config(settings.dataset, settings.augment.name, settings.sharpness.every)
+    return settings, place(settings)
+
+
+def prepare(placement: Placement, run_dir: str | Path) -> tuple[Placement, RunDir]:
+    """Join the ranks under torchrun; returns this rank's placement and the run directory
     (rank 0's path on every rank)."""
-    device = distributed.init(resolve_device(cfg.device))  # joins the ranks under torchrun
+    placement = joined(placement)  # joins the ranks under torchrun
     path = Path(distributed.broadcast_object(str(Path(run_dir))))  # rank 0's, on every rank
-    return device, RunDir(path, main=distributed.is_main())  # only rank 0 logs and writes
+    return placement, RunDir(path, main=placement.main)  # only rank 0 logs and writes
 
 
 @contextmanager
@@ -132,7 +147,7 @@ def locked(directory: RunDir) -> Iterator[None]:
 
 
 def open_run_dir(directory: RunDir, results: dict, *, start_epoch: int, fresh: bool,
-                 invocation_files: dict[str, Any] | None):
+                 invocation_files: dict[str, str] | None):
     """Write the invocation's config files, then (once every rank has read the directory)
     remove temp files a killed write left and write the first results.json. Returns the
     TensorBoard writer."""
@@ -150,43 +165,55 @@ def open_run_dir(directory: RunDir, results: dict, *, start_epoch: int, fresh: b
     return writer
 
 
-def train_epochs(cfg: DictConfig, setup: Setup, saver: Saver, results: dict, writer, *,
-                 start: Start, progress: bool) -> None:
+def train_epochs(s: Settings, placement: Placement, setup: Setup, saver: Saver, results: dict,
+                 writer, *, start: Start, progress: bool) -> None:
     """Train the epochs from ``start``: each trained, evaluated, logged, measured
     (``sharpness.every``), added to the history and checkpointed. A stop signal ends
     it with ``Preempted`` once its checkpoint is written."""
     events = saver.directory.path / "tensorboard"
-    for epoch in range(start.epoch, cfg.epochs):
+    options = step_options(s, placement)
+    for epoch in range(start.epoch, s.epochs):
         if epoch > start.epoch or not start.step:  # a stop between epochs: saved already
             if saver.stop_signal() is not None:
                 raise saver.stop.preempted(epoch + 1, 0) from None
         inside = epoch == start.epoch and start.meter is not None
-        metrics = run_epoch(cfg, setup, epoch, precision=results["precision"],
+        metrics = run_epoch(options, setup, epoch, precision=results["precision"],
                             progress=progress, saver=saver,
-                            meter=_meter(cfg, setup, start.meter) if inside else None,
+                            meter=_meter(options, setup, start.meter) if inside else None,
                             elapsed_s=start.elapsed_s if inside else 0.0)
         if metrics is None:  # stopped by a signal, checkpoint written
             raise saver.stop.preempted(epoch + 1, setup.data.train.position()["step"])
         with writing(events):
             log_epoch(writer, metrics)
         log.info("epoch %d/%d  train loss %.4f err %.2f%%  %s loss %.4f err %.2f%%  "
-                 "%.0f img/s", epoch + 1, cfg.epochs, metrics["train_loss"],
+                 "%.0f img/s", epoch + 1, s.epochs, metrics["train_loss"],
                  metrics["train_error"], setup.data.eval_split, metrics["test_loss"],
                  metrics["test_error"], metrics["images_per_sec"])
         with writing(events):
-            metrics.update(epoch_sharpness(cfg, setup.net, setup.data.splits, epoch + 1,
-                                           writer))
+            metrics.update(epoch_sharpness(
+                s.sharpness, setup.net, setup.data.splits, epoch + 1, writer, epochs=s.epochs,
+                seed=s.seed, batch_size=s.batch_size, m=placement.effective_m,
+                rho=s.optim.rho if s.is_sam else s.rho))
         add_epoch(results, metrics)
         saver.after_epoch(epoch + 1)
 
 
-def _meter(cfg: DictConfig, setup: Setup, state: dict) -> EpochMeter:
-    meter = EpochMeter(setup.device, cfg.nan_check_every)
+def step_options(s: Settings, placement: Placement) -> StepOptions:
+    """How every training step of the run goes (``train_epoch``'s options)."""
+    return StepOptions(nan_check_every=s.nan_check_every, channels_last=s.channels_last,
+                       m=placement.local_m, sync_ascent=s.ddp_sync_ascent, m_impl=s.m_impl,
+                       accumulate=s.accumulate, label_smoothing=s.label_smoothing,
+                       bn_eval_mode=s.bn_eval_mode, true_gradient=s.fidelity.true_gradient)
+
+
+def _meter(options: StepOptions, setup: Setup, state: dict) -> EpochMeter:
+    meter = EpochMeter(setup.device, options.nan_check_every)
     meter.load_state_dict(state)
     return meter
 
 
-def run_epoch(cfg: DictConfig, setup: Setup, epoch: int, *, precision: str, progress: bool,
+def run_epoch(options: StepOptions, setup: Setup, epoch: int, *, precision: str,
+              progress: bool,
               saver: Saver | None = None, meter: EpochMeter | None = None,
               elapsed_s: float = 0.0) -> dict | None:
     """Train epoch ``epoch`` (from 0) and evaluate; returns its metrics for the history,
@@ -198,7 +225,7 @@ def run_epoch(cfg: DictConfig, setup: Setup, epoch: int, *, precision: str, prog
         setup.data.train.set_epoch(epoch)
     try:
         out = train_epoch(
-            setup.model, setup.optimizer, setup.scheduler, setup.data.train, cfg,
+            setup.model, setup.optimizer, setup.scheduler, setup.data.train, options,
             setup.amp_dtype, setup.scaler, setup.device, progress, meter=meter,
             after_step=saver.step_check(epoch, t0) if saver is not None else None)
     except Diverged as div:
@@ -237,7 +264,7 @@ def close(directory: RunDir, results: dict, writer) -> None:
                     directory.path / "tensorboard", err)
 
 
-def _progress_enabled(cfg: DictConfig, multirun: bool) -> bool:
-    if cfg.progress == "auto":
+def _progress_enabled(progress: bool | str, multirun: bool) -> bool:
+    if progress == "auto":
         return sys.stderr.isatty() and not multirun
-    return bool(cfg.progress)
+    return bool(progress)

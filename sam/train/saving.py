@@ -13,8 +13,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from omegaconf import DictConfig
-
 from sam import distributed
 from sam.results import save_checkpoint, write_json
 from sam.train.build import Setup
@@ -33,12 +31,12 @@ STOP_SYNC_STEPS = 10
 class Saver:
     """The run's checkpoint writes and its stop signal (``stop``)."""
 
-    def __init__(self, cfg: DictConfig, setup: Setup, directory: RunDir, results: dict,
-                 stop: StopRequest) -> None:
+    def __init__(self, every_steps: int, setup: Setup, directory: RunDir, results: dict,
+                 stop: StopRequest, *, ddp: bool) -> None:
         self.setup, self.directory, self.results, self.stop = setup, directory, results, stop
-        self.every = int(cfg.get("checkpoint_every_steps") or 0)
+        self.every = every_steps  # checkpoint_every_steps (0: after epochs only)
         self.steps_per_epoch = len(setup.data.train)  # its last step: the epoch's checkpoint
-        self.ddp = distributed.is_distributed()
+        self.ddp = ddp
         self._timed: set[str] = set()
 
     def stop_signal(self) -> int | None:
