@@ -65,7 +65,9 @@ RESUME_FREE_KEYS = ("device", "progress", "data_dir", "compile", "nan_check_ever
                     "eval_batch_size", "dataset.data_dir", "dataset.download",
                     "dataset.verify", "dataset.fallback_synthetic", "sharpness",
                     # like amp=auto, a device's precision; results.json records what it was
-                    "fidelity.fp32_precision")
+                    "fidelity.fp32_precision",
+                    # compared where they act: the top-level init_seed and dataset.stats
+                    "fidelity.init_seed", "fidelity.dataset_stats")
 # config keys added since runs were first recorded, with the value that a config
 # recorded before the key existed trained with
 KEYS_ADDED = {
@@ -129,9 +131,8 @@ def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
         node = _node(out, parents)
         if isinstance(node, dict):
             node.pop(leaf, None)
-    for node in (out, out.get("fidelity")):  # init_seed = seed trains as null (= seed)
-        if isinstance(node, dict) and node.get("init_seed") == out.get("seed"):
-            node["init_seed"] = None
+    if out.get("init_seed") == out.get("seed"):  # init_seed = seed trains as null (= seed)
+        out["init_seed"] = None
     return out
 
 

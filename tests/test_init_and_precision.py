@@ -52,6 +52,19 @@ def test_a_run_records_its_init_seed_and_precision(tmp_path):
     assert pytorch["fp32_precision"]["setting"] == "default"
 
 
+def test_a_cifar_run_recorded_before_this_change_resumes_with_seed_0():
+    """Today's official seed-0 CIFAR config trains as one recorded before init_seed,
+    fp32_precision and dataset_stats existed (none of them changes that run)."""
+    from omegaconf import OmegaConf
+
+    new = OmegaConf.to_container(compose_train("seed=0"), resolve=True)
+    old = {k: v for k, v in new.items() if k != "init_seed"}
+    old["fidelity"] = {k: v for k, v in new["fidelity"].items()
+                       if k not in ("init_seed", "fp32_precision", "dataset_stats")}
+    assert comparable_config(old) == comparable_config(new)
+    assert comparable_config(old | {"seed": 1}) != comparable_config(new | {"seed": 1})
+
+
 def test_runs_recorded_before_init_seed_resume_where_they_trained_alike():
     old = {"seed": 0, "fidelity": {"name": "official"}}  # no init_seed: the run seed
     assert comparable_config(old) == comparable_config(
