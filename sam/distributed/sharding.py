@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sam.distributed.group import is_distributed, rank, world_size
+from sam.distributed.group import is_distributed, rank
 
 
 def seed_rank(seed: int) -> None:
@@ -76,6 +76,6 @@ class ShardedLoader:
                 yield xs, ys
 
 
-def shard(loader: Any) -> Any:
-    """``ShardedLoader`` for this rank inside a process group; ``loader`` otherwise."""
-    return ShardedLoader(loader, rank(), world_size()) if is_distributed() else loader
+def shard(loader: Any, rank: int, world: int) -> Any:
+    """``ShardedLoader`` for ``rank`` of ``world`` ranks; ``loader`` itself when world is 1."""
+    return ShardedLoader(loader, rank, world) if world > 1 else loader

@@ -60,9 +60,8 @@ def build(s: Settings, place: Placement) -> Setup:
     set_fp32_precision(s.fidelity.fp32_precision)
     computed = {"setting": s.fidelity.fp32_precision, **fp32_precision(device, place.amp_dtype)}
     data = build_data(s, device)
-    if place.ddp:
-        data.train = distributed.ShardedLoader(data.train, place.rank, place.world)
-        data.eval = distributed.ShardedLoader(data.eval, place.rank, place.world)
+    data.train = distributed.shard(data.train, place.rank, place.world)
+    data.eval = distributed.shard(data.eval, place.rank, place.world)
     net = initial_model(s, data).to(device)
     if s.channels_last:
         net = net.to(memory_format=torch.channels_last)
