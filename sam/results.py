@@ -12,7 +12,9 @@ results.json of one run (errors are percentages, 0-100):
                      keys a report groups runs by (variant: the SAM variant's name, e.g.
                      "sam", "gsam", "sam ascent_steps=2"; null for SGD; absent before:
                      "sam"; init_seed: the initial weights' seed, null = each run's seed,
-                     absent before: null)
+                     absent before: null; mixup_alpha: 0.0 = no Mixup; bootstrap: the run
+                     whose predicted labels it trained on, or null; both absent before:
+                     0.0 / null)
     overrides       the Hydra task overrides of the run
     config          the fully resolved config
     history         one dict per finished epoch: epoch, train_loss, train_error,
@@ -25,6 +27,9 @@ results.json of one run (errors are percentages, 0-100):
     label_noise     null, or the noisy training labels' record: {fraction, mode, seed,
                     chosen, changed, hash} (sam/data/label_noise.py; summary.label_noise
                     holds the fraction, 0.0 for clean labels)
+    bootstrap       null, or where the training labels came from (bootstrap=):
+                    {source, run, epoch, kind, hash, replaced_hash, images, changed, ...}
+                    (sam/train/bootstrap.py)
     data_source     where the images came from (the torchvision folder and md5 check, or
                     the synthetic generator; subset, validation split, noisy labels)
     synthetic_fallback  null, or why synthetic data replaced an absent dataset
@@ -64,10 +69,13 @@ RESUME_FREE_KEYS = ("device", "progress", "data_dir", "compile", "nan_check_ever
                     "checkpoint_every_steps",
                     "eval_batch_size", "dataset.data_dir", "dataset.download",
                     "dataset.verify", "dataset.fallback_synthetic", "sharpness",
+                    "logger",  # where a run is logged: trackers may change on resume
                     # like amp=auto, a device's precision; results.json records what it was
                     "fidelity.fp32_precision",
                     # compared where they act: the top-level init_seed and dataset.stats
-                    "fidelity.init_seed", "fidelity.dataset_stats")
+                    "fidelity.init_seed", "fidelity.dataset_stats",
+                    # optim.base decides the class now (and optim.base is compared)
+                    "optim.base_optimizer")
 # config keys added since runs were first recorded, with the value that a config
 # recorded before the key existed trained with
 KEYS_ADDED = {
@@ -101,6 +109,11 @@ KEYS_ADDED = {
     "init_seed": None,
     "fidelity.init_seed": None,
     "fidelity.dataset_stats": "train",  # SVHN / Fashion-MNIST: the training set's mean/std
+    # issue 30 (Table 4, docs/label-noise.md): Mixup and bootstrap labels, off before
+    "augment.mixup_alpha": 0.0,
+    "bootstrap": None,
+    # issue 31: the base optimizer's choice; before it, always SGD
+    "optim.base": "sgd", "optim.betas": [0.9, 0.999], "optim.eps": 1e-8,
 }
 # optim=sgd was torch.optim.SGD itself; sam.optim.Descent with wd_mode=base and no
 # clipping trains exactly as it did

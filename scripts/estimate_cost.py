@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sam.models import build_model  # noqa: E402
+from sam.models import WideResNet, build_model  # noqa: E402
 
 TRAIN_IMAGES = 50_000
 # recipe -> (model, epochs, runs per optimizer, extra SGD runs at 2x epochs)
@@ -36,6 +36,37 @@ TABLE5 = {
     "table5_svhn": (("wrn28_10", "shakeshake26_2x96d"), 160, 73_257 + 531_131, (3, 32, 32)),
     "table5_fashion_mnist": (("wrn28_10", "shakeshake26_2x96d"), 200, 60_000, (1, 28, 28)),
 }
+
+
+# fig3_spectrum: a WRN-40-10 without BatchNorm, one SGD and one SAM run of 300 epochs, each
+# measured after 3 epochs with iters + trace_samples + slq_runs * slq_iters = 40 + 10 + 80
+# Hessian-vector products on 2,000 images (configs/experiment/fig3_spectrum.yaml)
+FIG3 = {"epochs": 300, "measurements": 3, "hvps": 40 + 10 + 80, "images": 2000}
+
+
+def hvp_flops_per_image(model: torch.nn.Module) -> float:
+    """Counted FLOPs of one Hessian-vector product (double backward) per CIFAR image."""
+    params = list(model.parameters())
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    v = [torch.randn_like(p) for p in params]
+    with FlopCounterMode(display=False) as counter:
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params, create_graph=True)
+        torch.autograd.grad(sum((g * u).sum() for g, u in zip(grads, v, strict=True)), params)
+    return counter.get_total_flops() / 2
+
+
+def fig3_hours(rate: float) -> tuple[float, float, float, float]:
+    """(training GFLOP/img, SGD h/run, SAM h/run, total h) of fig3_spectrum at ``rate``
+    FLOP/s, the measurements included."""
+    model = WideResNet(40, 10, 10, style="official", norm="none").train()
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    train = counter.get_total_flops() / 2
+    measure = FIG3["measurements"] * FIG3["hvps"] * FIG3["images"] * hvp_flops_per_image(model)
+    sgd = (FIG3["epochs"] * TRAIN_IMAGES * train + measure) / rate / 3600
+    sam = (FIG3["epochs"] * TRAIN_IMAGES * 2 * train + measure) / rate / 3600
+    return train / 1e9, sgd, sam, sgd + sam
 
 
 def train_flops_per_image(name: str, shape: tuple[int, int, int] = (3, 32, 32)) -> float:
@@ -74,6 +105,8 @@ def main() -> None:
           f"{t4 / 36 * 2:>11.3f}{t4:>13.1f}")
     print("msharpness and table4_label_noise are lower bounds: nets this small run far "
           "below the assumed rate.")
+    gflops, sgd, sam, total = fig3_hours(rate)
+    print(f"{'fig3_spectrum':<30}{gflops:>10.1f}{sgd:>11.2f}{sam:>11.2f}{total:>13.1f}")
     for recipe, (models, epochs, images, shape) in TABLE5.items():
         for model in models:
             f = train_flops_per_image(model, shape)

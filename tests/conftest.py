@@ -40,3 +40,15 @@ def real_cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([str(shared / "materialize"), str(root)], env=env, check=True,
                    capture_output=True, timeout=300)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module, as the subprocesses (OMP_NUM_THREADS=1): the same
+    float sums, so a resumed run can equal an uninterrupted one bit for bit."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

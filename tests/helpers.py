@@ -73,3 +73,29 @@ def console_in_process(monkeypatch, capsys, prog: str, main, *args: str) -> tupl
         code = int(exit_.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# A two-epoch ResNet-8 run on synthetic data (seconds on one core), for end-to-end tests.
+TINY_RUN = ["dataset=synthetic", "model=resnet20", "model.depth=8", "batch_size=16",
+            "dataset.train_size=128", "dataset.test_size=32", "eval_batch_size=32",
+            "epochs=2", "deterministic=true", "device=cpu", "progress=false"]
+
+
+def preempt_after_steps(monkeypatch, steps: int) -> None:
+    """SIGTERM to this process right after the ``steps``-th training step (the run stops
+    there with Preempted); ``monkeypatch.undo()`` restores the step."""
+    import os
+    import signal
+
+    from sam.train import loop
+
+    real, calls = loop.sam_step, []
+
+    def step_then_signal(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(loop, "sam_step", step_then_signal)

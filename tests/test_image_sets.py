@@ -318,6 +318,7 @@ def test_absent_or_mismatched_data_is_one_line(tmp_path):
     ("+dataset.label_noise=0.2", "dataset.label_noise"),
     ("dataset.val_fraction=0.1", "dataset.val_fraction"),
     ("sharpness.every=1", "sharpness.every"),
+    ("sharpness.epochs=[1]", "sharpness.epochs"),
     ("augment=autoaugment", "augment=autoaugment"),
     ("dataset.num_classes=null", "dataset.num_classes"),
     ("dataset.crop_scale=[0.5,2]", "dataset.crop_scale"),

@@ -184,3 +184,91 @@ def test_config_instantiates(name: str) -> None:
     assert type(model) is type(reference)
     assert n_params(model) == n_params(reference)
     assert repr(model) == repr(reference)
+
+
+# --------------------------------------------------------------------------- WRN without BN
+
+
+def _wrn_no_norm_params(depth: int, k: int, classes: int, style: str, c_in: int = 3) -> int:
+    """WRN-depth-k with norm="none", counted layer by layer by hand: every 3x3 conv has
+    in*out*9 weights + out biases, a pytorch-style 1x1 shortcut in*out weights (no bias;
+    official: parameter-free), the linear layer 64k*classes + classes; no BatchNorm."""
+    n = (depth - 4) // 6
+    total = c_in * 16 * 9 + 16  # stem conv
+    c = 16
+    for stride, out in ((1, 16 * k), (2, 32 * k), (2, 64 * k)):
+        for i in range(n):
+            total += c * out * 9 + out  # conv1 (3x3, bias)
+            total += out * out * 9 + out  # conv2 (3x3, bias)
+            if i == 0 and (stride != 1 or c != out) and style == "pytorch":
+                total += c * out  # 1x1 projection shortcut
+            c = out
+    return total + 64 * k * classes + classes
+
+
+@pytest.mark.parametrize("style", ["pytorch", "official"])
+@pytest.mark.parametrize(("depth", "k"), [(10, 2), (16, 1), (40, 10)])
+def test_wrn_without_norm_has_no_norm_layer_and_the_hand_counted_parameters(depth, k, style):
+    from sam.models import WideResNet
+
+    model = WideResNet(depth, k, 10, style=style, norm="none")
+    assert n_params(model) == _wrn_no_norm_params(depth, k, 10, style)
+    assert not any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+    assert list(model.buffers()) == []
+
+
+def test_wrn40_10_without_norm_counts_by_hand():
+    """The hand formula, written out for WRN-40-10 (6 blocks a stage, widths 160/320/640)."""
+    stem = 3 * 16 * 9 + 16
+    # first block: conv1 (in -> out, bias), conv2 (out -> out, bias), 1x1 shortcut (in x out);
+    # five more blocks of two out -> out convs
+    stage1 = 16 * 160 * 9 + 160 + 160 * 160 * 9 + 160 + 16 * 160 + 10 * (160 * 160 * 9 + 160)
+    stage2 = 160 * 320 * 9 + 320 + 320 * 320 * 9 + 320 + 160 * 320 + 10 * (320 * 320 * 9 + 320)
+    stage3 = 320 * 640 * 9 + 640 + 640 * 640 * 9 + 640 + 320 * 640 + 10 * (640 * 640 * 9 + 640)
+    fc = 640 * 10 + 10
+    assert _wrn_no_norm_params(40, 10, 10, "pytorch") == stem + stage1 + stage2 + stage3 + fc
+
+
+@pytest.mark.parametrize("style", ["pytorch", "official"])
+def test_wrn_without_norm_starts_with_identity_blocks_and_trains(style):
+    """Zero-initialised residual branches: a block whose shape does not change returns its
+    input exactly; the logits of a 22-layer net start O(1); every parameter gets a
+    gradient after one SGD step (conv1 of a branch only once its conv2 moved)."""
+    from sam.models import WideResNet
+
+    torch.manual_seed(0)
+    model = WideResNet(22, 2, 10, style=style, norm="none")
+    x = images(8)
+    inner = model.blocks[1]  # 32 -> 32 channels, stride 1: identity shortcut
+    h = torch.randn(2, 32, 32, 32)
+    assert torch.equal(inner(h), h)
+    assert all(not m.bias.detach().any() for m in model.modules()
+               if isinstance(m, nn.Conv2d) and m.bias is not None)
+    assert model(x).abs().max() < 10
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    y = torch.arange(8) % 10
+    for _ in range(2):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in model.parameters())
+
+
+def test_wrn_norm_is_checked():
+    from sam.models import WideResNet
+
+    with pytest.raises(UserError, match="model.norm 'layer'"):
+        WideResNet(10, 1, 10, norm="layer")
+
+
+def test_wrn_batchnorm_default_builds_the_same_network_as_without_the_option():
+    """norm="batchnorm" (the default) draws the same weights and has the BN layers."""
+    from sam.models import WideResNet
+
+    torch.manual_seed(1)
+    a = WideResNet(10, 2, 10)
+    torch.manual_seed(1)
+    b = WideResNet(10, 2, 10, norm="batchnorm")
+    assert repr(a) == repr(b) and sum(isinstance(m, nn.BatchNorm2d) for m in a.modules()) == 7
+    assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(),
+                                                  b.state_dict().values(), strict=True))

@@ -50,7 +50,7 @@ def test_wheel_install_runs_sam_train_cfg_job(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "name: cifar100" in proc.stdout and "_target_: sam.optim.Descent" in proc.stdout
-    assert "path: torch.optim.SGD" in proc.stdout and "name: official" in proc.stdout
+    assert "base: sgd" in proc.stdout and "name: official" in proc.stdout
     # the launcher choices (configs/hydra/launcher/) ship too
     proc = subprocess.run([str(env_dir / "bin" / "sam-train"), "--cfg", "hydra",
                            "hydra/launcher=slurm"], cwd=tmp_path, env=env,

@@ -62,13 +62,7 @@ def same_as(reference: tuple[list, dict], run_dir: Path) -> bool:
     return same
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread, as the subprocesses (OMP_NUM_THREADS=1): the same float sums."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py's: one torch thread
 
 
 @pytest.fixture(scope="module")

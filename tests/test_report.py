@@ -259,6 +259,18 @@ def test_sgd_runs_of_a_rho_sweep_count_once(tmp_path: Path, capsys) -> None:
     assert "rho=0.05 m=B: mixes optim.adaptive = <unset>, True" in printed  # ASAM beside SAM
 
 
+def test_official_seeds_sharing_init_seed_0_are_not_a_mix(tmp_path: Path, capsys) -> None:
+    """fidelity=official draws every seed's weights from init_seed 0: seeds 0, 1, 2 of one
+    cell train with the same init_seed, so the report warns of no mix (seed 0's init_seed
+    equals its seed, which resume comparisons write as null)."""
+    for seed in range(3):
+        edit(write_run(tmp_path, f"sgd_{seed}", "sgd", seed, 3.4 + seed / 10, init_seed=0),
+             config={"seed": seed, "init_seed": 0, "lr": 0.1, "optim": {"name": "sgd"}})
+    printed = report(capsys, tmp_path)
+    assert "mixes" not in printed
+    assert "init_seed" in printed and "(n=3)" in printed  # one cell of 3 seeds
+
+
 def test_same_config_on_another_number_of_processes_is_not_a_duplicate(tmp_path: Path,
                                                                         capsys) -> None:
     """Under torchrun each rank perturbs alone (m = the per-rank batch), which the config

@@ -1,7 +1,7 @@
 """Issue 34: a run directory is data. Opening someone else's (sam-sharpness, sam-landscape,
-a resume) can fail with one line, but never runs code it carries: checkpoints load with
-``torch.load(weights_only=True)`` and a stored config is instantiated only through the
-allowlist of sam/stored_config.py. Every run this project writes still loads."""
+sam-correlate, a resume) can fail with one line, but never runs code it carries: checkpoints
+load with ``torch.load(weights_only=True)`` and a stored config is instantiated only through
+the allowlist of sam/stored_config.py. Every run this project writes still loads."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ from sam.landscape.runs import load_run
 from sam.results import load_checkpoint
 from sam.settings import stored_dataset
 from sam.sharpness import run_sharpness
+from sam.sharpness.population import Run
+from sam.sharpness.run_measures import MeasureSettings, measure_run
 from sam.stored_config import GET_CLASS, TARGETS, checked_node, instantiate_stored
 from sam.train import run
 
@@ -253,7 +255,7 @@ def hostile_models(tmp_path: Path) -> dict[str, dict]:
     }
 
 
-@pytest.mark.parametrize("tool", ["sam-sharpness", "sam-landscape"])
+@pytest.mark.parametrize("tool", ["sam-sharpness", "sam-landscape", "sam-correlate"])
 @pytest.mark.parametrize("case", HOSTILE)
 def test_a_stored_config_naming_anything_else_is_refused_before_any_call(
         trained, tmp_path, monkeypatch, tool, case):
@@ -268,6 +270,11 @@ def test_a_stored_config_naming_anything_else_is_refused_before_any_call(
     with pytest.raises(UserError, match="refused") as err:
         if tool == "sam-sharpness":
             run_sharpness(sharpness_config(run_dir))
+        elif tool == "sam-correlate":  # one run of a population, measured as the tool does
+            settings = MeasureSettings(images=16, seed=0, rho=0.05, ascent_steps=1,
+                                       mode="train", gap_images=16)
+            measure_run(Run(run_dir, results), settings, [4], batch_size=16,
+                        device=torch.device("cpu"))
         else:
             load_run(str(run_dir)).model(torch.device("cpu"), torch.float32)
     assert "\n" not in str(err.value)

@@ -307,8 +307,8 @@ def test_sam_train_fine_tunes_from_the_file_and_resumes(tmp_path, name, head, si
     first = {}
     real_build = runner.build
 
-    def spy(cfg, device):  # the weights sam-train starts from, before any step
-        setup = real_build(cfg, device)
+    def spy(*args):  # the weights sam-train starts from, before any step
+        setup = real_build(*args)
         first.update({k: v.clone() for k, v in setup.net.state_dict().items()})
         return setup
 

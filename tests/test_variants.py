@@ -215,6 +215,48 @@ def test_gsam_rho_follows_the_lr_and_shards_decompose_each_their_own() -> None:
         torch.testing.assert_close(p.detach(), w0[k] - 0.25 * LR * d[k], rtol=0, atol=1e-12)
 
 
+def test_gsam_rho_schedule_is_the_authors_unclamped_map_through_warmup_and_cosine() -> None:
+    """The authors' ProportionScheduler (gsam/scheduler.py): rho_t = rho_min + (rho_max -
+    rho_min)(lr_t - lr_min)/(lr_max - lr_min), not clamped, on our cosine with a 4-step
+    warmup over 8 steps: lr_t = 0.1 x (1/4, 2/4, 3/4, 1, 1, 0.853553, 0.5, 0.146447).
+    rho 0.3 -> 0.1 at lr_min 0.03: below rho_min at the warmup's first step and the last
+    (lr_t < lr_min), values worked out by hand; step 0 moves w as SAM with that rho."""
+    from sam.train import cosine_schedule
+
+    model = mlp()
+    opt = sgd(model, GSAM, alpha=0.0, rho_min=0.1, lr_min=0.03)
+    schedule = cosine_schedule(opt, total_steps=8, steps_per_epoch=2, warmup_epochs=2)
+    by_hand = [0.0857143, 0.157143, 0.228571, 0.3, 0.3, 0.258158, 0.157143, 0.0561277]
+    for step, rho_t in enumerate(by_hand):
+        x, y = batch(seed=step)
+        w0 = params_of(model)
+        sam_step(model, opt, F.cross_entropy, x, y)
+        assert opt.param_groups[0]["rho"] == pytest.approx(rho_t, abs=1e-6), step
+        if step == 0:  # eps = 0.0857143 g/||g||, then w - 0.025 g_p
+            d = gsam_reference(model, w0, x, y, 0.0857143, 0.0, 0.0)
+            for k, p in model.named_parameters():
+                torch.testing.assert_close(p.detach(), w0[k] - 0.025 * d[k], rtol=0,
+                                           atol=1e-7)
+        schedule.step()
+
+
+def test_gsam_refuses_an_lr_min_that_turns_rho_negative() -> None:
+    """lr_min/lr > rho_min/rho makes rho_t < 0 where the lr nears 0: refused in one line;
+    lr_min >= lr (no room for the map): refused, as the authors' assert."""
+    from helpers import compose_train, settings_of
+
+    from sam.errors import UserError
+
+    settings_of(compose_train("optim=gsam", "optim.rho_min=0.01", "optim.lr_min=0.02"))
+    with pytest.raises(UserError, match="optim.lr_min=0.05: GSAM's rho_t .* negative"):
+        settings_of(compose_train("optim=gsam", "optim.rho_min=0.01", "optim.lr_min=0.05"))
+    with pytest.raises(UserError, match="optim.lr_min=0.2 >= lr=0.1"):
+        settings_of(compose_train("optim=gsam", "rho=0.1", "optim.rho_min=0.05",
+                                 "optim.lr_min=0.2"))
+    with pytest.raises(ValueError, match="lr_min"):
+        sgd(mlp(), GSAM, rho_min=0.1, lr_min=LR)
+
+
 # ---------------------------------------------------------------- LookSAM
 
 

@@ -60,6 +60,8 @@ def _train(cfg: DictConfig) -> float | None:
         return None
     finally:
         distributed.cleanup()
+    # what a Hydra sweeper minimizes: the final error on the evaluated split, which is the
+    # validation split when dataset.val_fraction > 0 (summary.eval_split "val"; sam.cli.search)
     return results["final"]["test_error"] if results.get("final") else None
 
 

@@ -43,7 +43,7 @@ class ImageLoader(WorkerLoader):
 # ---------------------------------------------------------------------------- from settings
 
 
-def check_image_config(d: DatasetSettings, augment: str, sharpness_every: int) -> None:
+def check_image_config(d: DatasetSettings, augment: str, sharpness_on: bool) -> None:
     """Refuse (one UserError line) what the DataLoader path cannot do with dataset ``d``:
     options that need the in-memory uint8 splits, AutoAugment, malformed image settings."""
     if d.name not in IMAGE_SETS:
@@ -55,9 +55,10 @@ def check_image_config(d: DatasetSettings, augment: str, sharpness_every: int) -
     if d.val_fraction:
         raise UserError(f"dataset.val_fraction with dataset={d.name}: a held-out tail "
                         f"{memory}; set it 0 (imagefolder: put a val/ folder of your own)")
-    if sharpness_every:
-        raise UserError(f"sharpness.every with dataset={d.name}: the per-epoch measurement "
-                        f"{memory}; set sharpness.every=0")
+    if sharpness_on:
+        raise UserError(f"sharpness.every / sharpness.epochs with dataset={d.name}: the "
+                        f"per-epoch measurement {memory}; set sharpness.every=0 and "
+                        "sharpness.epochs=[]")
     if d.fallback_synthetic:
         raise UserError(f"dataset.fallback_synthetic with dataset={d.name}: the synthetic "
                         "data is CIFAR-shaped; set it false")

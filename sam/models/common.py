@@ -12,6 +12,9 @@ from torch import Tensor, nn
 from sam.errors import UserError
 
 STYLES = ("pytorch", "official")
+# "none": no normalization layers at all (the SAM paper's Figure 3 WRN-40-10 "without batch
+# norm"); the model says what stands in for them (wrn.py: conv biases, zero-init branches)
+NORMS = ("batchnorm", "none")
 
 
 def check_style(style: str) -> str:
@@ -19,6 +22,18 @@ def check_style(style: str) -> str:
     if style not in STYLES:
         raise UserError(f"unknown model style {style!r}: use one of {', '.join(STYLES)}")
     return style
+
+
+def check_norm(norm: str) -> str:
+    """Return ``norm`` if it is one of ``NORMS``; raise ``UserError`` otherwise."""
+    if norm not in NORMS:
+        raise UserError(f"unknown model.norm {norm!r}: use one of {', '.join(NORMS)}")
+    return norm
+
+
+def norm2d(channels: int, norm: str) -> nn.Module:
+    """``nn.BatchNorm2d(channels)`` for norm "batchnorm", ``nn.Identity()`` for "none"."""
+    return nn.BatchNorm2d(channels) if norm == "batchnorm" else nn.Identity()
 
 
 def he_init(model: nn.Module, zero_linear_bias: bool = True) -> None:
@@ -47,15 +62,18 @@ def official_dense_init(fc: nn.Linear) -> None:
 
 
 class SameConv2d(nn.Conv2d):
-    """Bias-free ``nn.Conv2d`` with TensorFlow/flax 'SAME' padding, worked out per call.
+    """``nn.Conv2d`` (bias-free unless ``bias``) with TensorFlow/flax 'SAME' padding, worked
+    out per call.
 
     Per spatial dim: out = ceil(size / stride), total = max((out - 1) * stride + k - size, 0),
     total // 2 zeros before and the rest after. A 3x3 stride-2 conv on an even size pads
     0 before and 1 after (PyTorch's padding=1 pads 1 and 1, sampling other pixels).
     """
 
-    def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int) -> None:
-        super().__init__(in_planes, out_planes, kernel_size, stride, padding=0, bias=False)
+    def __init__(
+        self, in_planes: int, out_planes: int, kernel_size: int, stride: int, bias: bool = False
+    ) -> None:
+        super().__init__(in_planes, out_planes, kernel_size, stride, padding=0, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         pads: list[int] = []
@@ -68,12 +86,14 @@ class SameConv2d(nn.Conv2d):
         return super().forward(F.pad(x, pads))
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int, style: str) -> nn.Conv2d:
-    """Bias-free 3x3 conv. For stride 1 'SAME' is padding 1 on both sides in either style;
-    strided convs get flax 'SAME' padding in the official style."""
+def conv3x3(
+    in_planes: int, out_planes: int, stride: int, style: str, bias: bool = False
+) -> nn.Conv2d:
+    """3x3 conv, bias-free unless ``bias``. For stride 1 'SAME' is padding 1 on both sides in
+    either style; strided convs get flax 'SAME' padding in the official style."""
     if style == "official" and stride != 1:
-        return SameConv2d(in_planes, out_planes, 3, stride)
-    return nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
+        return SameConv2d(in_planes, out_planes, 3, stride, bias)
+    return nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=bias)
 
 
 class PoolPadShortcut(nn.Module):

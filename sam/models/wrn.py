@@ -15,12 +15,37 @@ branch) start from the pre-activated input (``activate_before_residual``); strid
 use flax 'SAME' padding (0 before, 1 after on even sizes); the final layer is
 U(+-1/sqrt(num_classes)) with zero bias. The official model has no dropout (keep 0.0).
 WRN-28-10 has 36,220,634 parameters for 10 classes, 36,278,324 for 100.
+
+``norm="none"``: no normalization layer at all (the SAM paper's Figure 3 trains a WRN-40-10
+"without batch norm" so that BatchNorm does not obscure the Hessian; neither the paper nor
+google-research/sam say how it was built). What stands in for BatchNorm:
+
+- every 3x3 conv has a bias (zero at init): BatchNorm's shift is gone, and a ReLU network
+  without any bias before its activations can only place its kinks through the origin;
+  the 1x1 shortcut convs stay bias-free (their bias would add to the branch's);
+- the residual branch's last conv (``conv2``) starts at zero, so each block is the identity
+  at init. With He init and no normalization a pre-activation block roughly doubles the
+  variance of its input, 2^18 over WRN-40's 18 blocks; zero-initialised branches keep the
+  initial network shallow and the logits O(1). This is Fixup's core rule (Zhang, Dauphin &
+  Ma, ICLR 2019, who train exactly a WRN-40-10 on CIFAR-10 without normalization) and
+  SkipInit's (De & Smith, NeurIPS 2020), without Fixup's scalar multipliers and biases.
+
+WRN-40-10 without normalization has 55,828,298 parameters for 10 classes (pytorch style),
+55,569,738 (official style); with BatchNorm 55,841,754 and 55,583,194.
 """
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sam.models.common import PoolPadShortcut, check_style, conv3x3, he_init, official_dense_init
+from sam.models.common import (
+    PoolPadShortcut,
+    check_norm,
+    check_style,
+    conv3x3,
+    he_init,
+    norm2d,
+    official_dense_init,
+)
 
 
 class WideBasicBlock(nn.Module):
@@ -28,6 +53,7 @@ class WideBasicBlock(nn.Module):
 
     ``preact_shortcut``: the shortcut starts from BN-ReLU(x) rather than x. ``style`` picks
     the shortcut for a shape change: a 1x1 conv ("pytorch") or pool + zero-pad ("official").
+    ``norm="none"``: no BatchNorm (``bn1``/``bn2`` are identities) and biased 3x3 convs.
     """
 
     def __init__(
@@ -38,12 +64,14 @@ class WideBasicBlock(nn.Module):
         dropout: float,
         style: str = "pytorch",
         preact_shortcut: bool | None = None,
+        norm: str = "batchnorm",
     ) -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = conv3x3(in_planes, out_planes, stride, style)
-        self.bn2 = nn.BatchNorm2d(out_planes)
-        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
+        bias = norm == "none"
+        self.bn1 = norm2d(in_planes, norm)
+        self.conv1 = conv3x3(in_planes, out_planes, stride, style, bias)
+        self.bn2 = norm2d(out_planes, norm)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=bias)
         self.dropout = dropout
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_planes != out_planes:
@@ -72,7 +100,9 @@ class WideResNet(nn.Module):
     """WRN-``depth``-``widen_factor`` for 32x32 inputs (28x28 too) of ``in_channels``
     channels; ``dropout`` is applied inside blocks.
 
-    ``style``: "pytorch" or "official" (google-research/sam), see the module docstring.
+    ``style``: "pytorch" or "official" (google-research/sam); ``norm``: "batchnorm" or
+    "none" (no normalization, biased convs, zero-initialised residual branches); see the
+    module docstring.
     """
 
     def __init__(
@@ -83,15 +113,17 @@ class WideResNet(nn.Module):
         dropout: float = 0.0,
         style: str = "pytorch",
         in_channels: int = 3,
+        norm: str = "batchnorm",
     ) -> None:
         super().__init__()
         check_style(style)
+        check_norm(norm)
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
 
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=norm == "none")
         blocks: list[nn.Module] = []
         in_planes = widths[0]
         for stage, out_planes in enumerate(widths[1:]):
@@ -99,17 +131,31 @@ class WideResNet(nn.Module):
                 stride = 2 if stage > 0 and i == 0 else 1
                 # Official: only the first block's shortcut is pre-activated, even as identity.
                 preact = (stage == 0 and i == 0) if style == "official" else None
-                blocks.append(WideBasicBlock(in_planes, out_planes, stride, dropout, style, preact))
+                blocks.append(
+                    WideBasicBlock(in_planes, out_planes, stride, dropout, style, preact, norm)
+                )
                 in_planes = out_planes
         self.blocks = nn.Sequential(*blocks)
-        self.bn = nn.BatchNorm2d(in_planes)
+        self.bn = norm2d(in_planes, norm)
         self.fc = nn.Linear(in_planes, num_classes)
         he_init(self)
         if style == "official":
             official_dense_init(self.fc)
+        if norm == "none":
+            _without_norm_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         o = self.blocks(self.conv1(x))
         o = F.relu(self.bn(o))
         o = F.adaptive_avg_pool2d(o, 1).flatten(1)
         return self.fc(o)
+
+
+def _without_norm_init(model: WideResNet) -> None:
+    """Zero conv biases, and zero weights of each residual branch's last conv (identity
+    blocks at init): the init of ``norm="none"`` (module docstring)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, WideBasicBlock):
+            nn.init.zeros_(m.conv2.weight)

@@ -16,6 +16,7 @@ or the closure form ``opt.step(closure, model=model)``, or the explicit two-step
 
 sam.py holds the optimizer (the paper's eqs. 2-3, GradScaler), descent.py the descent
 step it shares with plain runs (``Descent``: weight-decay mode, exact clipping),
+bases.py the base optimizers a config names (sgd, adam, adamw),
 perturbation.py the ascent formulas (p=2, p=inf, ASAM), step.py ``sam_step`` (with
 passes.py, shards.py and vmap.py for m-sharpness, accumulate.py for micro-batches, ddp.py
 for DistributedDataParallel),
@@ -24,6 +25,7 @@ paper's ablations (ablations.py), GSAM (gsam.py), LookSAM (looksam.py) and SAM-O
 per-group rho (variants.py); docs/variants.md.
 """
 
+from .bases import BASE_OPTIONS, BASES, base_optimizer
 from .batchnorm import fp32_batchnorm_inputs, frozen_bn_stats, ghost_batchnorm
 from .descent import Descent, clip_by_global_norm_
 from .gsam import GSAM
@@ -34,11 +36,14 @@ from .step import sam_step
 from .variants import exclude_from_weight_decay, param_groups, variant_label
 
 __all__ = [
+    "BASE_OPTIONS",
+    "BASES",
     "GSAM",
     "SAM",
     "Descent",
     "LookSAM",
     "RngReplay",
+    "base_optimizer",
     "clip_by_global_norm_",
     "exclude_from_weight_decay",
     "fp32_batchnorm_inputs",

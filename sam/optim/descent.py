@@ -7,8 +7,8 @@ that a plain run and a SAM run end each step the same way:
   added inside its step, after any clipping), as torch optimizers do.
 * ``wd_mode="loss"``: lambda/2 ||w||^2 is part of the loss, as in the official code:
   its gradient lambda w joins the data gradient before clipping, and the base optimizer
-  runs with weight_decay 0. A parameter group's own ``weight_decay`` is its lambda,
-  kept as the group's ``l2``.
+  runs with weight_decay 0 (passed explicitly: AdamW's own default is 0.01). A parameter
+  group's own ``weight_decay`` is its lambda, kept as the group's ``l2``.
 * ``max_grad_norm=c``: the final gradient t is clipped to global norm c exactly as the
   official code does, t <- t c / ||t|| when ||t|| >= c (no epsilon; the norm over all
   parameters of all groups).
@@ -52,7 +52,9 @@ class Descent(torch.optim.Optimizer):
             raise ValueError(f"wd_mode must be 'base' or 'loss', got {wd_mode!r}")
         if max_grad_norm is not None and max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
-        l2 = float(base_kwargs.pop("weight_decay", 0.0)) if wd_mode == "loss" else 0.0
+        l2 = 0.0
+        if wd_mode == "loss":  # the base runs with weight_decay 0 (AdamW's default is 0.01)
+            l2, base_kwargs["weight_decay"] = float(base_kwargs.get("weight_decay", 0.0)), 0.0
         self.wd_mode = wd_mode
         super().__init__(params, dict(**(extra_defaults or {}), l2=l2, **base_kwargs))
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)

@@ -14,6 +14,19 @@ L2 term in wd_mode="loss", whose loss both passes share), norms over all paramet
 alpha = 0, rho_min = rho is SAM. Per shard (m-sharpness) and per rank, as the authors'
 DDP code decomposes each worker's gradients before the all-reduce. Nothing is kept
 across steps: the rho schedule reads the lr, which the checkpoint holds.
+
+The rho schedule is the authors' ``ProportionScheduler`` (juntang-zhuang/GSAM,
+gsam/scheduler.py at commit cddec89515ef83508697f537f50ed38e5819cd52, the last to change
+it; HEAD a770275b): the same linear map of the lr, NOT clamped. Where lr_t < lr_min,
+in a warmup from near 0 or at the end of a cosine that ends at 0 while lr_min > 0,
+rho_t falls below rho_min, as theirs does (their assert only asks lr_max > lr_min, or
+both equal with rho constant). It would turn negative where lr_t < lr_min - rho_min
+(lr_max - lr_min)/(rho - rho_min); sam-train refuses an lr_min that allows it at
+lr_t = 0, lr_min/lr_max > rho_min/rho (sam.settings.checks). rho_t reads the lr of the
+step it perturbs for (the group's lr at ``first_step``), as their example/train.py does
+from its second step on (it steps the lr scheduler, then rho, after each step; its first
+rho comes from the lr scheduler's initial value, not the optimizer's lr: a wiring quirk
+not copied).
 """
 
 from __future__ import annotations
@@ -42,6 +55,10 @@ class GSAM(SAM):
         if rho_min is not None and not 0 <= rho_min <= rho:
             raise ValueError(f"rho_min must be in [0, rho={rho}], got {rho_min}")
         super().__init__(params, base_optimizer, rho=rho, **kwargs)
+        if rho_min is not None and rho_min < rho and any(
+                g["lr"] <= lr_min for g in self.param_groups):  # the authors' assert
+            raise ValueError(f"lr_min={lr_min} must lie below the lr for rho to follow it "
+                             f"down to rho_min")
         if self.shard_passes is not None:
             raise ValueError("GSAM does not combine with the SAM ablations")
         self.alpha, self.lr_min = alpha, lr_min

@@ -65,7 +65,7 @@ def variant_label(optim: Mapping[str, Any]) -> str:
     own options off its default, so that runs differing in one get rows of their own:
     e.g. "sam ascent_steps=3", "sam second_order", "sam ascent=random",
     "sam perturb=no_norm", "looksam alpha=0.2", "gsam rho_min=0.01", "sam p=inf",
-    "sam adaptive" (ASAM)."""
+    "sam adaptive" (ASAM), "sam base=adamw" (a base optimizer other than SGD)."""
     label = str(optim.get("variant", "sam"))
     perturb = optim.get("perturb", "norm" if label == "sam_on" else "all")
     if label == "sam" and perturb == "norm":
@@ -88,6 +88,8 @@ def variant_label(optim: Mapping[str, Any]) -> str:
     if optim.get("adaptive", False):
         eta = optim.get("eta", _default(SAM, "eta"))
         label += " adaptive" + (f" eta={eta}" if eta != _default(SAM, "eta") else "")
+    if optim.get("base", "sgd") != "sgd":
+        label += f" base={optim['base']}"
     return label
 
 

@@ -73,7 +73,8 @@ def _sam_shards_vmap(model, optimizer, loss_fn, x, y, m, amp_dtype,
 
     k = x.shape[0] // m
     # contiguous (NCHW) layouts: vmap has no fast batching rule for some channels_last ops
-    xs, ys = x.contiguous().reshape(k, m, *x.shape[1:]), y.reshape(k, m)
+    # targets: labels (B,) or soft targets (B, C) (a Mixup batch)
+    xs, ys = x.contiguous().reshape(k, m, *x.shape[1:]), y.reshape(k, m, *y.shape[1:])
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = {n: p.detach().contiguous() for n, p in named}
     tracked = {id(b) for bn in _batch_norms(model) if bn.track_running_stats

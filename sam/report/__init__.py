@@ -20,7 +20,8 @@ final-epoch test error over k seeds with the half-width h of its 95% Student-t i
 Modules, in import order: `stats` (mean, std, t-interval), `runs` (finding, loading and
 reading results.json), `paper` (the paper's Table 1), `rows` (grouping into cells and rows),
 `tables` (Markdown and CSV text), `checks` (warnings about unlike runs in a cell or row),
-`plots` (msharpness.png, curves.png), `command` (argparse ``main``, ``render_report``).
+`plots` (msharpness.png, curves.png), `spectrum` (the Hessian spectrum per epoch, Figure 3
+left: spectrum.png and its table), `command` (argparse ``main``, ``render_report``).
 The report imports nothing of the project but :mod:`sam.results`.
 """
 
@@ -51,6 +52,7 @@ from sam.report.runs import (
     training_config,
     with_fields,
 )
+from sam.report.spectrum import plot_spectrum, spectrum_lines
 from sam.report.stats import Stats, t_interval, t_quantile
 from sam.report.tables import (
     CSV_FIELDS,
@@ -90,6 +92,7 @@ __all__ = [
     "paper_mean",
     "plot_curves",
     "plot_msharpness",
+    "plot_spectrum",
     "precision_text",
     "precisions_of",
     "render_report",
@@ -97,6 +100,7 @@ __all__ = [
     "sam_setting",
     "sgd_budget_lines",
     "shard_m",
+    "spectrum_lines",
     "t_interval",
     "t_quantile",
     "table_lines",

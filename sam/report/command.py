@@ -4,8 +4,8 @@ Reads every results.json under the DIRs (:func:`sam.report.runs.collect`), print
 report and writes to OUTDIR (default: the first DIR; atomically, via
 :func:`sam.results.atomic_write`): ``report.md`` (the printed report), ``report.csv`` (one
 line per table row, full precision), and ``msharpness.png`` / ``curves.png`` /
-``sharpness.png`` when there is something to plot (:mod:`sam.report.plots`,
-:mod:`sam.report.sharpness_table`).
+``sharpness.png`` / ``spectrum.png`` when there is something to plot
+(:mod:`sam.report.plots`, :mod:`sam.report.sharpness_table`, :mod:`sam.report.spectrum`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,16 @@ from sam.report.plots import plot_curves, plot_msharpness
 from sam.report.rows import build_rows
 from sam.report.runs import collect, result_files
 from sam.report.sharpness_table import plot_sharpness, sharpness_lines
+from sam.report.spectrum import plot_spectrum, spectrum_lines
+from sam.report.table4 import relabelled, table4_lines
 from sam.report.tables import csv_text, md_escape, others_lines, sgd_budget_lines, table_lines
 from sam.results import RESULTS_FILE, atomic_write
 
 
 def render_report(complete: list[dict], others: list[dict], dirs: Sequence[Path]) -> str:
     """The whole Markdown report: table, how to read it, warnings, and the runs left out."""
-    rows = build_rows(complete)
+    plain = [r for r in complete if not relabelled(r)]  # Mixup/bootstrap: Table 4 only
+    rows = build_rows(plain)
     lines = [
         "# SAM report",
         "",
@@ -53,9 +56,11 @@ def render_report(complete: list[dict], others: list[dict], dirs: Sequence[Path]
     ]
     lines += table_lines(rows) if rows else ["No complete runs."]
     lines += sgd_budget_lines(rows)
-    lines += best_epoch_lines(rows, complete)
-    lines += sharpness_lines(rows, complete)
-    notes = warnings_for(complete)
+    lines += best_epoch_lines(rows, plain)
+    lines += table4_lines(complete)  # SGD, Mixup, Bootstrap, SAM by noise level
+    lines += sharpness_lines(rows, plain)
+    lines += spectrum_lines(complete)
+    notes = warnings_for(plain)
     if notes:
         lines += ["", "## Warnings", ""] + [f"- {md_escape(n)}" for n in notes]
     if others:
@@ -80,7 +85,8 @@ examples:
 
 outputs (in OUTDIR, default the first DIR): report.md (also printed), report.csv (one
 line per table row, full precision), curves.png (test error per epoch),
-msharpness.png (error vs m) and sharpness.png (error vs lambda_max) when there is
+msharpness.png (error vs m), sharpness.png (error vs lambda_max) and spectrum.png (the
+Hessian spectrum per epoch, SGD vs SAM: runs with sharpness.slq_runs > 0) when there is
 something to plot. Exit status 2 when a DIR is
 missing or holds no results.json. More: docs/reports.md."""
 
@@ -124,8 +130,8 @@ def _check_dirs(dirs: list[Path]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``sam-report DIR [DIR ...] [--out OUTDIR]``: print the report, write report.md,
-    report.csv, msharpness.png, curves.png and sharpness.png (when there is something
-    to plot).
+    report.csv, msharpness.png, curves.png, sharpness.png and spectrum.png (when there is
+    something to plot).
 
     Returns 0, or 2 when a DIR is missing or holds no results.json."""
     args = _parse_args(argv)
@@ -139,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     report = render_report(complete, others, args.dirs)
     print(report, end="")
     atomic_write(out / "report.md", lambda f: f.write(report))
-    table_csv = csv_text(build_rows(complete))
+    table_csv = csv_text(build_rows([r for r in complete if not relabelled(r)]))
     atomic_write(out / "report.csv", lambda f: f.write(table_csv))
     written = [out / "report.md", out / "report.csv"]
     for name, plot in (("msharpness.png", plot_msharpness), ("curves.png", plot_curves),
-                       ("sharpness.png", plot_sharpness)):
+                       ("sharpness.png", plot_sharpness), ("spectrum.png", plot_spectrum)):
         if plot(complete, out / name):
             written.append(out / name)
     print(f"sam-report: wrote {', '.join(str(p) for p in written)}", file=sys.stderr)

@@ -1,9 +1,11 @@
 """The report's figures: msharpness.png and curves.png (matplotlib, Agg, no pyplot).
 
 ``msharpness.png``: final test error vs rho, one line per m (mean ± 95% t half-width over
-seeds), one dashed SGD line per SGD BatchNorm shard size; only for groups whose SAM runs
-span at least 2 values of rho. ``curves.png``: test error vs epoch from ``history``, mean
-over seeds, one line per cell; only when some run has a history.
+seeds; lines shifted a little along rho so the bars stand apart; the legend gives each m's
+error at its best rho), one dashed SGD line per SGD BatchNorm shard size with its interval
+shaded; only for groups whose SAM runs span at least 2 values of rho. ``curves.png``: test
+error vs epoch from ``history``, mean over seeds, one line per cell; only when some run has
+a history.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import itertools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from sam.report.rows import (
     sgd_runs_by_m,
 )
 from sam.report.runs import GroupKey, Setting, final_errors, sam_setting, variant
-from sam.report.stats import t_interval
+from sam.report.stats import Stats, t_interval
 from sam.results import atomic_write
 
 
@@ -65,28 +68,97 @@ def _curve_label(optim: str, setting: Setting, runs: list[dict]) -> str:
 # --------------------------------------------------------------------------- m-sharpness
 
 
-def _msharpness_axes(key: GroupKey, runs: list[dict], ax: Any) -> None:
-    """Test error vs rho for one group: one line per m (mean ± t half-width), SGD dashed."""
-    sam_runs = [r for r in runs if variant(r) == "sam"]  # plain SAM: not its variants
+DODGE = 0.015  # shift between neighbouring m lines, as a fraction of the rho axis
+
+
+@dataclass(frozen=True)
+class MLine:
+    """One m's line of msharpness.png: SAM's final test error at each rho (ascending), the
+    mean and 95% t half-width over seeds (``Stats``) per rho."""
+
+    m: int | None  # None: m = batch size (plain SAM)
+    rhos: tuple[float, ...]
+    stats: tuple[Stats, ...]
+
+    @property
+    def best(self) -> tuple[float, Stats]:
+        """(rho, stats) at the rho of lowest mean error: the line's value at its best rho."""
+        i = min(range(len(self.rhos)), key=lambda k: self.stats[k].mean)
+        return self.rhos[i], self.stats[i]
+
+
+def msharpness_lines(runs: list[dict]) -> list[MLine]:
+    """The plain-SAM runs of one group (variants left out) as one ``MLine`` per m, m
+    ascending and m = batch size last."""
     by_m: dict[int | None, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for run in sam_runs:
-        rho, m = sam_setting(run)
-        by_m[m][rho].append(run)
+    for run in runs:
+        if variant(run) == "sam":
+            rho, m = sam_setting(run)
+            by_m[m][rho].append(run)
+    lines = []
     for m in sorted(by_m, key=lambda v: math.inf if v is None else v):
-        rhos = sorted(by_m[m])
-        stats = [t_interval(final_errors(by_m[m][rho])) for rho in rhos]
-        yerr = [s.half_width or 0.0 for s in stats]
-        label = _m_label(m, batch_sizes_of(r for rho in rhos for r in by_m[m][rho]))
-        ax.errorbar(rhos, [s.mean for s in stats], yerr=yerr, marker="o", capsize=3, label=label)
+        rhos = tuple(sorted(by_m[m]))
+        lines.append(MLine(m, rhos, tuple(t_interval(final_errors(by_m[m][r])) for r in rhos)))
+    return lines
+
+
+def dodged(rhos: Sequence[float], offset: float, lo: float, hi: float, log: bool) -> list[float]:
+    """x positions of a line ``offset`` places from the centre, so that the error bars of
+    the m lines at one rho stand apart: rho + offset * DODGE * (hi - lo) on a linear axis,
+    rho * (hi / lo) ** (offset * DODGE) on a log axis (lo, hi: the axis' rho range)."""
+    if log:
+        return [r * (hi / lo) ** (offset * DODGE) for r in rhos]
+    return [r + offset * DODGE * (hi - lo) for r in rhos]
+
+
+def _interval_text(stats: Stats) -> str:
+    half = "" if stats.half_width is None else f" ± {stats.half_width:.2f}"
+    return f"{stats.mean:.2f}{half} (n={stats.n})"
+
+
+def _msharpness_axes(key: GroupKey, runs: list[dict], ax: Any) -> None:
+    """Test error vs rho for one group: one line per m (mean ± t half-width; the legend
+    gives each m's value at its best rho), SGD dashed with its interval shaded."""
+    lines = msharpness_lines(runs)
+    all_rhos = sorted({rho for line in lines for rho in line.rhos})
+    lo, hi = all_rhos[0], all_rhos[-1]
+    log = lo > 0 and hi / lo >= 10
+    for i, line in enumerate(lines):
+        runs_m = [r for r in runs if variant(r) == "sam" and sam_setting(r)[1] == line.m]
+        rho, best = line.best
+        label = (
+            f"{_m_label(line.m, batch_sizes_of(runs_m))}: best {_interval_text(best)} "
+            f"at rho {rho:g}"
+        )
+        x = dodged(line.rhos, i - (len(lines) - 1) / 2, lo, hi, log)
+        ax.errorbar(
+            x,
+            [s.mean for s in line.stats],
+            yerr=[s.half_width or 0.0 for s in line.stats],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
     styles = itertools.cycle(("--", ":", "-."))
     for (m, sgd_runs), style in zip(sgd_runs_by_m(runs).items(), styles, strict=False):
         sgd = t_interval(final_errors(sgd_runs))  # one line per SGD BatchNorm shard size
-        ax.axhline(sgd.mean, color="k", linestyle=style,
-                   label=_curve_label("sgd", (None, m), sgd_runs))
-    all_rhos = sorted({sam_setting(r)[0] for r in sam_runs})
-    if all_rhos[0] > 0 and all_rhos[-1] / all_rhos[0] >= 10:
+        name = "SGD" + ("" if m is None else f" m = {m}")
+        ax.axhline(sgd.mean, color="k", linestyle=style, label=f"{name}: {_interval_text(sgd)}")
+        if sgd.half_width is not None:
+            ax.axhspan(
+                sgd.mean - sgd.half_width,
+                sgd.mean + sgd.half_width,
+                color="k",
+                alpha=0.08,
+                linewidth=0,
+            )
+    if log:
         ax.set_xscale("log")
-    ax.set(title="/".join(map(str, key)), xlabel="rho", ylabel="final test error (%)")
+    ax.set(
+        title="/".join(map(str, key)),
+        xlabel="rho",
+        ylabel="final test error (%), mean ± 95% t-interval",
+    )
     ax.legend(fontsize="small")
 
 

@@ -137,12 +137,16 @@ def collect(dirs: list[Path]) -> tuple[list[dict], list[dict]]:
 
 def training_config(run: dict[str, Any]) -> dict[str, Any] | None:
     """What a run trained with: its resolved config without the keys that do not change
-    training (``sam.results.comparable_config``) and, for SGD, without the ``rho``
-    shortcut it ignores; None when results.json holds no config."""
+    training (``sam.results.comparable_config``), without ``init_seed`` (a group column)
+    and, for SGD, without the ``rho`` shortcut it ignores; None when results.json holds no
+    config."""
     config = run.get("config")
     if not isinstance(config, dict) or not config:
         return None
     out = comparable_config(config)
+    # a column of its own (GROUP_KEYS); comparable_config's init_seed = seed -> null would
+    # set seed 0 apart from seeds 1, 2 of the same official cell (all init_seed 0)
+    out.pop("init_seed", None)
     if run["summary"]["optim"] == "sgd":
         out.pop("rho", None)
     return out

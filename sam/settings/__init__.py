@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sam.errors import UserError
 from sam.settings.checks import check_settings
 from sam.settings.fields import checked_values, read
 from sam.settings.schema import (
+    TRACKER_SETTINGS,
     AugmentSettings,
     DatasetSettings,
     FidelitySettings,
+    LoggerSettings,
     ModelSettings,
     OptimSettings,
     ScheduleSettings,
@@ -30,7 +33,8 @@ _INSTANTIATE_KEYS = ("_target_", "_partial_", "base_optimizer")
 
 def read_settings(config: Mapping[str, Any]) -> Settings:
     """The checked ``Settings`` of a composed, resolved training config (a plain dict)."""
-    names = ("dataset", "augment", "fidelity", "sharpness", "optim", "schedule", "model")
+    names = ("dataset", "augment", "fidelity", "sharpness", "optim", "schedule", "model",
+             "logger")
     # the top level first: a shortcut's bad value is named as the user typed it (lr=...)
     top = checked_values(Settings, {k: v for k, v in config.items() if k not in names}, "",
                          extra="ignore")
@@ -41,7 +45,8 @@ def read_settings(config: Mapping[str, Any]) -> Settings:
         sharpness=_sharpness(config.get("sharpness") or {}),
         optim=_with_spec(OptimSettings, config["optim"], "optim."),
         schedule=_with_spec(ScheduleSettings, config["schedule"], "schedule."),
-        model=ModelSettings(spec=dict(config["model"])), **top)
+        model=ModelSettings(spec=dict(config["model"])),
+        logger=_logger(config.get("logger", {"tensorboard": {}})), **top)
     check_settings(settings)
     return settings
 
@@ -58,10 +63,21 @@ def stored_dataset(config: Mapping[str, Any], data_dir: str | None = None) -> Da
     return read(DatasetSettings, d, "dataset.")
 
 
+def _logger(group: Mapping[str, Any] | None) -> LoggerSettings:
+    """The chosen trackers (the keys of ``logger``: configs/logger/), each checked."""
+    group = group or {}
+    for name in group:
+        if name not in TRACKER_SETTINGS:
+            raise UserError(f"logger.{name}: not a tracker (known: "
+                            f"{', '.join(TRACKER_SETTINGS)})")
+    return LoggerSettings(**{name: read(TRACKER_SETTINGS[name], group[name] or {},
+                                        f"logger.{name}.") for name in group})
+
+
 def _sharpness(group: Mapping[str, Any]) -> SharpnessSettings:
-    """The per-epoch measurement's settings: checked in full only when it is on (every > 0);
-    switched off, its values are left as they are, as long as their types fit."""
-    on = read(SharpnessSettings, group, "sharpness.", bounds=False).every != 0
+    """The per-epoch measurement's settings: checked in full only when it is on (every > 0
+    or epochs); switched off, its values are left as they are, as long as their types fit."""
+    on = read(SharpnessSettings, group, "sharpness.", bounds=False).on
     return read(SharpnessSettings, group, "sharpness.", bounds=on)
 
 
@@ -71,6 +87,6 @@ def _with_spec(cls: type, group: Mapping[str, Any], prefix: str) -> Any:
     return read(cls, fields, prefix, spec=dict(group))
 
 
-__all__ = ["AugmentSettings", "DatasetSettings", "FidelitySettings", "ModelSettings",
-           "OptimSettings", "ScheduleSettings", "Settings", "SharpnessSettings",
+__all__ = ["AugmentSettings", "DatasetSettings", "FidelitySettings", "LoggerSettings",
+           "ModelSettings", "OptimSettings", "ScheduleSettings", "Settings", "SharpnessSettings",
            "read_settings", "stored_dataset"]

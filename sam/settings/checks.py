@@ -18,7 +18,11 @@ def check_settings(s: Settings) -> None:
     """UserError (problem and fix, one line) for the first combination that cannot run."""
     if s.is_sam:
         _check_variant(s)
+    _check_base(s)
     _check_accumulate(s)
+    if s.augment.mixup_alpha < 0:
+        raise UserError(f"augment.mixup_alpha={s.augment.mixup_alpha}: must be > 0 to mix "
+                        "(lam ~ Beta(alpha, alpha); Table 4: 1, 8, 16, 32), or 0 for no Mixup")
     if s.m is not None and s.batch_size % s.m:
         raise UserError(f"m={s.m} does not divide batch_size={s.batch_size}: pick m from the "
                         "divisors of the batch (or m=null: the whole batch, no shards)")
@@ -33,9 +37,13 @@ def check_settings(s: Settings) -> None:
         if s.m_impl == "vmap":
             raise UserError("amp=fp16 with m_impl=vmap: the batched shards do not support a "
                             "GradScaler; use m_impl=loop (or auto) or amp=bf16")
-    if s.sharpness.every and s.sharpness.iters < s.sharpness.k:
+    if s.sharpness.on and s.sharpness.iters < s.sharpness.k:
         raise UserError(f"sharpness.iters={s.sharpness.iters} < k={s.sharpness.k}: raise iters "
                         "(20 or more for converged values)")
+    late = [e for e in s.sharpness.epochs if e > s.epochs]
+    if late:
+        raise UserError(f"sharpness.epochs names epoch {late[0]} of a {s.epochs}-epoch run: "
+                        f"list epochs in [1, {s.epochs}] (or raise epochs)")
     d = s.dataset
     if d.channels != 3:  # fashion_mnist: 1 x 28 x 28
         if s.augment.name == "autoaugment":
@@ -61,6 +69,8 @@ def _check_variant(s: Settings) -> None:
         raise UserError("optim.k=null: LookSAM needs an integer >= 1 (a SAM step every k)")
     if o.rho_min is not None and o.rho_min > o.rho:
         raise UserError(f"optim.rho_min={o.rho_min}: must be in [0, rho={o.rho}], or null")
+    if o.rho_min is not None and o.rho_min < o.rho:
+        _check_gsam_schedule(s)
     ablations = _ablations(s)
     if len(ablations) > 1:
         raise UserError(f"optim: {' and '.join(ablations)} are separate ablations: set one "
@@ -73,6 +83,33 @@ def _check_variant(s: Settings) -> None:
     if o.variant == "looksam" and s.amp == "fp16":
         raise UserError("optim=looksam with amp=fp16: an overflowing SAM step would be kept "
                         "as g_v; use amp=bf16 or off")
+
+
+def _check_base(s: Settings) -> None:
+    """The base optimizer's options (sam.optim.bases) and its weight-decay convention."""
+    o = s.optim
+    if len(o.betas) != 2:
+        raise UserError(f"optim.betas={list(o.betas)}: give two numbers, [beta1, beta2]")
+    if o.base == "adamw" and o.wd_mode == "loss":
+        raise UserError("optim.base=adamw with optim.wd_mode=loss (fidelity=official): AdamW's "
+                        "decay is decoupled, the official convention an L2 term in the loss; "
+                        "use optim.base=adam (L2 in the loss) or optim.wd_mode=base")
+
+
+def _check_gsam_schedule(s: Settings) -> None:
+    """GSAM's rho_t = rho_min + (rho - rho_min)(lr_t - lr_min)/(lr - lr_min), unclamped as
+    the authors' ProportionScheduler: lr_min must lie below the peak lr, and where lr_t
+    nears 0 (a warmup's start, the cosine's end) rho_t must not turn negative, which
+    needs lr_min/lr <= rho_min/rho."""
+    o = s.optim
+    if o.lr_min >= o.lr:
+        raise UserError(f"optim.lr_min={o.lr_min} >= lr={o.lr}: GSAM's rho follows the lr "
+                        "down from lr to lr_min; set lr_min below lr (0: the cosine's end)")
+    if o.lr_min * o.rho > o.rho_min * o.lr:
+        raise UserError(f"optim.lr_min={o.lr_min}: GSAM's rho_t (linear in the lr, not "
+                        "clamped, as the authors') turns negative where the lr nears 0 (warmup, "
+                        f"the cosine's end); use lr_min <= {o.rho_min * o.lr / o.rho:g} "
+                        "(rho_min/rho x lr)")
 
 
 def _check_accumulate(s: Settings) -> None:

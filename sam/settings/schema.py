@@ -10,7 +10,7 @@ before anything is built; nothing below it sees the config. docs/configuration.m
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sam.settings.fields import setting
@@ -85,6 +85,9 @@ class AugmentSettings:
                           doc="AutoAugment: the official ops batched on the device, or "
                           "torchvision's per image in workers")
     num_workers: int = setting(0, ge=0, doc="DataLoader workers (policy=torchvision)")
+    mixup_alpha: float = setting(0.0, doc="Mixup: 0 = off; > 0: each batch mixed with a "
+                                 "permutation of itself, lam ~ Beta(alpha, alpha) (Table 4: "
+                                 "1, 8, 16, 32)")
 
 
 @dataclass(**_S)
@@ -118,6 +121,8 @@ class SharpnessSettings:
     """``sharpness``: Hessian spectrum and m-sharpness measured during training."""
 
     every: int = setting(0, ge=0, doc="0 = off; N = after every N-th epoch and the last")
+    epochs: tuple[int, ...] = setting((), ge=1, doc="after these epochs too, e.g. [1,50,300] "
+                                      "(Figure 3); [] = none")
     images: int = setting(1000, ge=1, doc="fixed training subset, un-augmented")
     batch_size: int | None = setting(None, ge=1, doc="images per Hessian-vector product; "
                                      "null = batch_size")
@@ -128,6 +133,14 @@ class SharpnessSettings:
     rho: float | None = setting(None, ge=0, doc="m-sharpness radius; null = the run's rho")
     dtype: str = setting("float32", choices=("float32", "float64"),
                          doc="Lanczos / Hutchinson vectors")
+    slq_runs: int = setting(0, ge=0, doc="> 0: the SLQ spectral density of each measured "
+                            "epoch (runs x slq_iters HVPs) in spectrum/epoch_<n>.json")
+    slq_iters: int = setting(80, ge=2, doc="Lanczos steps per SLQ run")
+
+    @property
+    def on(self) -> bool:
+        """Whether anything is measured during training (``every`` or ``epochs``)."""
+        return self.every != 0 or bool(self.epochs)
 
 
 @dataclass(**_S)
@@ -156,8 +169,13 @@ class OptimSettings:
     wd_mode: str = setting("base", choices=("base", "loss"), doc="from fidelity")
     max_grad_norm: float | None = setting(None, gt=0, doc="from fidelity")
     lr: float = setting(gt=0, doc="from lr")
-    momentum: float = setting(0.0, ge=0, doc="SGD momentum (0.9: the paper's)")
-    nesterov: bool = setting(False, doc="Nesterov momentum")
+    base: str = setting("sgd", choices=("sgd", "adam", "adamw"),
+                        doc="the base optimizer: sgd (the paper's), adam, adamw")
+    momentum: float = setting(0.0, ge=0, doc="sgd: momentum (0.9: the paper's)")
+    nesterov: bool = setting(False, doc="sgd: Nesterov momentum")
+    betas: tuple[float, ...] = setting((0.9, 0.999), ge=0, lt=1,
+                                       doc="adam, adamw: (beta1, beta2) of the moment averages")
+    eps: float = setting(1e-8, gt=0, doc="adam, adamw: the denominator's epsilon")
     weight_decay: float = setting(0.0, ge=0, doc="from lam")
 
 
@@ -180,6 +198,81 @@ class ModelSettings:
 
 
 @dataclass(**_S)
+class TensorBoardLoggerSettings:
+    """``logger.tensorboard``: event files in <run dir>/tensorboard/ (the default)."""
+
+
+@dataclass(**_S)
+class CsvLoggerSettings:
+    """``logger.csv``: params.csv, metrics.csv (a row per epoch), status.txt, results.json."""
+
+    dir: str | None = setting(None, doc="where the files go; null = <run dir>/csv")
+
+
+@dataclass(**_S)
+class MlflowLoggerSettings:
+    """``logger.mlflow``: one MLflow run per training run (docs/trackers.md)."""
+
+    tracking_uri: str | None = setting(None, doc="a tracking server (http://host:5000) or a "
+                                       "store (sqlite:///path.db); null = "
+                                       "$MLFLOW_TRACKING_URI, else MLflow's default: "
+                                       "sqlite:///mlflow.db in the working directory")
+    experiment: str = setting("sam", doc="the MLflow experiment (created when absent)")
+
+
+@dataclass(**_S)
+class WandbLoggerSettings:
+    """``logger.wandb``: one Weights & Biases run per training run (docs/trackers.md)."""
+
+    project: str = setting("sam", doc="the W&B project")
+    entity: str | None = setting(None, doc="the W&B team or user; null = your default")
+    mode: str | None = setting(None, choices=("online", "offline", "disabled"),
+                               doc="offline: no network (`wandb sync` later); null = "
+                               "$WANDB_MODE, else online")
+    dir: str | None = setting(None, doc="the folder wandb/ goes in; null = the run directory")
+
+
+@dataclass(**_S)
+class SearchSettings:
+    """``search``: sam-search's Optuna study, minimizing the final validation error."""
+
+    params: dict = setting(doc="the search space: a key of the config -> {low, high, log}, "
+                           "e.g. rho: {low: 0.01, high: 0.5, log: true}")
+    trials: int = setting(20, ge=1, doc="trials of the study in all (a rerun adds the "
+                          "missing ones and resumes an interrupted one)")
+    study: str = setting("rho_search", doc="the study's name in its storage")
+    dir: str | None = setting(None, doc="optuna.db and a run directory per trial; "
+                              "null = outputs/search/<study>")
+    seed: int = setting(0, doc="the TPE sampler's seed")
+
+
+# logger=[...]: the trackers a run can log to, each its own settings (configs/logger/)
+TRACKER_SETTINGS: dict[str, type] = {
+    "tensorboard": TensorBoardLoggerSettings, "csv": CsvLoggerSettings,
+    "mlflow": MlflowLoggerSettings, "wandb": WandbLoggerSettings}
+
+
+@dataclass(**_S)
+class LoggerSettings:
+    """``logger``: the experiment trackers (``logger=[tensorboard,mlflow]``); a tracker's
+    settings are null when it is not chosen."""
+
+    tensorboard: TensorBoardLoggerSettings | None = None
+    csv: CsvLoggerSettings | None = None
+    mlflow: MlflowLoggerSettings | None = None
+    wandb: WandbLoggerSettings | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The chosen trackers, in TRACKER_SETTINGS's order."""
+        return tuple(n for n in TRACKER_SETTINGS if getattr(self, n) is not None)
+
+
+def _default_logger() -> LoggerSettings:
+    return LoggerSettings(tensorboard=TensorBoardLoggerSettings())
+
+
+@dataclass(**_S)
 class Settings:
     """One run's settings: the top-level keys of configs/train.yaml and the groups."""
 
@@ -190,6 +283,8 @@ class Settings:
     optim: OptimSettings
     schedule: ScheduleSettings
     model: ModelSettings
+    # a config without the group (written before it) logs to TensorBoard, as then
+    logger: LoggerSettings = field(default_factory=_default_logger)
     rho: float = setting(ge=0, doc="SAM neighbourhood radius (optim.rho)")
     m: int | None = setting(ge=1, doc="shard size: own BatchNorm statistics (SGD and SAM) "
                             "and own eps (SAM); null = the whole (per-rank) batch")
@@ -220,6 +315,9 @@ class Settings:
     nan_check_every: int = setting(ge=1, doc="steps between NaN/inf loss checks")
     ddp_sync_ascent: bool = setting(doc="multi-GPU: average the ascent gradient first")
     sync_bn: bool = setting(doc="multi-GPU: SyncBatchNorm (cuda only)")
+    bootstrap: str | None = setting(None, doc="retrain on the labels a finished run predicts "
+                                    "for the training images: its run directory, or a sweep "
+                                    "holding a run of this config (Table 4); null = off")
 
     @property
     def is_sam(self) -> bool:

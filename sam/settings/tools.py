@@ -1,5 +1,6 @@
-"""The options of the tools that read finished runs, ``sam-sharpness`` and ``sam-landscape``
-(configs/sharpness.yaml, configs/landscape.yaml), as typed, frozen settings.
+"""The options of the tools that read finished runs, ``sam-sharpness``, ``sam-landscape`` and
+``sam-correlate`` (configs/sharpness.yaml, landscape.yaml, correlate.yaml), as typed, frozen
+settings (``sam-correlate``'s ranges are checked here too, by ``setting``).
 
 Their values are in those files; their types are checked here when the CLI reads them;
 their ranges and combinations by the tool itself (``sam.sharpness.check_settings``, the
@@ -102,3 +103,27 @@ class LandscapeOptions(ReaderOptions):
     interpolation: InterpolationOptions
     tensorboard: bool = setting(doc="the PNGs into each run's TensorBoard")
     progress: bool | str = setting(doc="a tqdm bar: true, false, auto")
+
+
+@dataclass(**_S)
+class CorrelateOptions:
+    """``sam-correlate``: m-sharpness against the generalization gap over a population."""
+
+    runs: Runs = setting(doc="sweep directory (or a list of them)")
+    out_dir: str | None = setting(doc="where correlate.json/png go")
+    data_dir: str | None = setting(doc="the runs' dataset.data_dir, moved")
+    m: int | tuple[int, ...] = setting(doc="m-sharpness shard sizes", ge=1)
+    rho: float = setting(doc="m-sharpness radius", ge=0)
+    images: int = setting(doc="m-sharpness images, drawn with seed", ge=1)
+    ascent_steps: int = setting(doc="1 = SAM's one-step inner max", ge=1)
+    mode: str = setting(doc="BatchNorm as in SAM's step (train) or eval", choices=("train", "eval"))
+    gap_images: int | None = setting(doc="training images of the train error; null = all", ge=1)
+    batch_size: int = setting(doc="images per evaluation pass", ge=1)
+    seed: int = setting(doc="the image subsets")
+    device: str = setting(doc="auto, cpu, cuda, cuda:N")
+    hparams: str | tuple[str, ...] | None = setting(
+        doc="config keys conditioned on; null = those that vary"
+    )
+    mi_size: int | None = setting(doc="|S|; null = min(2, hyperparameters - 1)", ge=0)
+    min_runs: int = setting(doc="fewer finished runs is an error", ge=2)
+    remeasure: bool = setting(doc="ignore the runs' cached measurements")

@@ -251,31 +251,26 @@ def hutchinson_trace(
 # --------------------------------------------------------------------------- spectral density
 
 
-def slq_density(
+def slq_nodes(
     hvp: Hvp,
     dim: int,
     iters: int,
     runs: int,
     seed: int = 0,
-    grid: Tensor | int = 1000,
-    sigma: float | None = None,
     dtype: torch.dtype = torch.float64,
     device: Any = None,
 ) -> tuple[Tensor, Tensor]:
-    """Hessian spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
+    """Stochastic Lanczos quadrature nodes and weights (Ghorbani et al. 2019).
 
     Each run r starts Lanczos from a fresh ``v_r ~ N(0, I)``; with ``T_r = U diag(theta) U^T``
-    the Gauss quadrature nodes are the Ritz values ``theta_i`` and the weights
-    ``tau_i = U_{1i}^2`` (sum 1). The density is the Gaussian-broadened average
+    (``m = min(iters, dim)`` steps) the Gauss quadrature nodes are the Ritz values
+    ``theta_i^(r)`` and the weights ``tau_i^(r) = U_{1i}^2`` (each run's sum to 1), so that
 
-        ``phi(t) = (1 / runs) sum_r sum_i tau_i^(r) N(t; theta_i^(r), sigma^2)``,
+        ``sum_i tau_i^(r) f(theta_i^(r)) = v_r^T f(H) v_r / ||v_r||^2``
 
-    an estimate of ``(1 / dim) sum_k N(t; lambda_k, sigma^2)``; it integrates to 1 and its
-    first moment is ``mean_r v_r^T H v_r / ||v_r||^2`` (unbiased for ``tr(H) / dim``).
-
-    ``grid``: the points t (a 1-D tensor), or their number, spread over ``[min theta - 5 sigma,
-    max theta + 5 sigma]``. ``sigma`` defaults to 1% of the Ritz value range. Returns float64
-    CPU tensors ``(grid, density)``.
+    exactly for polynomials f of degree up to 2m - 1; averaged over the runs it estimates
+    ``(1 / dim) tr f(H) = (1 / dim) sum_k f(lambda_k)``. Returns float64 CPU tensors
+    ``(theta, tau)`` of shape ``(runs, m)``, each row's theta ascending.
     """
     check_positive("runs", runs)
     gen = _generator(seed)
@@ -288,7 +283,23 @@ def slq_density(
         theta, vecs = torch.linalg.eigh(tridiag_matrix(alphas, betas))
         nodes.append(theta)
         weights.append(vecs[0] ** 2)
-    theta, tau = torch.cat(nodes), torch.cat(weights) / runs
+    return torch.stack(nodes), torch.stack(weights)
+
+
+def broadened(
+    theta: Tensor, tau: Tensor, grid: Tensor | int = 1000, sigma: float | None = None
+) -> tuple[Tensor, Tensor]:
+    """The SLQ density of nodes ``theta`` and weights ``tau`` (shape ``(runs, m)``, as from
+    :func:`slq_nodes`), Gaussian-broadened and averaged over the runs:
+
+        ``phi(t) = (1 / runs) sum_r sum_i tau_i^(r) N(t; theta_i^(r), sigma^2)``,
+
+    which integrates to 1. ``grid``: the points t (a 1-D tensor), or their number, spread over
+    ``[min theta - 5 sigma, max theta + 5 sigma]``; ``sigma`` defaults to 1% of the node range.
+    Returns float64 CPU tensors ``(grid, density)``.
+    """
+    runs = theta.shape[0]
+    theta, tau = theta.reshape(-1).double().cpu(), tau.reshape(-1).double().cpu() / runs
     sigma = default_sigma(theta) if sigma is None else sigma
     if sigma <= 0:
         raise UserError(f"slq_density: sigma must be > 0, got {sigma}: pass a positive width")
@@ -297,6 +308,29 @@ def slq_density(
         grid = torch.linspace(lo, hi, grid, dtype=torch.float64)
     grid = grid.to(dtype=torch.float64, device="cpu")
     return grid, gaussian_mixture(grid, theta, tau, sigma)
+
+
+def slq_density(
+    hvp: Hvp,
+    dim: int,
+    iters: int,
+    runs: int,
+    seed: int = 0,
+    grid: Tensor | int = 1000,
+    sigma: float | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: Any = None,
+) -> tuple[Tensor, Tensor]:
+    """Hessian spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019):
+    :func:`broadened` of :func:`slq_nodes`.
+
+    ``phi(t)`` estimates ``(1 / dim) sum_k N(t; lambda_k, sigma^2)``; it integrates to 1 and
+    its first moment is ``mean_r v_r^T H v_r / ||v_r||^2`` (unbiased for ``tr(H) / dim``).
+    ``grid`` and ``sigma`` as in :func:`broadened`. Returns float64 CPU tensors
+    ``(grid, density)``.
+    """
+    theta, tau = slq_nodes(hvp, dim, iters, runs, seed=seed, dtype=dtype, device=device)
+    return broadened(theta, tau, grid, sigma)
 
 
 # --------------------------------------------------------------------------- summary

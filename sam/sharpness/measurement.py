@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,8 +37,9 @@ from torch import Tensor, nn
 from sam.data import Normalize
 from sam.errors import UserError
 from sam.settings import SharpnessSettings
-from sam.sharpness.hessian import hessian_summary, hvp_fn, num_params, slq_density
+from sam.sharpness.hessian import broadened, hessian_summary, hvp_fn, num_params, slq_nodes
 from sam.sharpness.msharpness import m_sharpness
+from sam.sharpness.spectrum import spectrum_document, write_spectrum
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +120,10 @@ def measure(
 
     Returns :func:`sam.sharpness.hessian_summary`'s dict plus ``"m_sharpness": {m: value}``
     (each over the first ``len(x) // m * m`` examples) and, when ``slq_runs > 0``,
-    ``"density": (grid, density)``. Weights, buffers, ``.grad`` and modes are left as found;
-    the global RNG is not (train-mode dropout / ShakeDrop draw from it): see
-    :func:`untouched`.
+    ``"density": (grid, density)`` and ``"slq": (nodes, weights)`` (each of shape
+    ``(slq_runs, slq_iters)``: :func:`sam.sharpness.hessian.slq_nodes`). Weights, buffers,
+    ``.grad`` and modes are left as found; the global RNG is not (train-mode dropout /
+    ShakeDrop draw from it): see :func:`untouched`.
     """
     if m_mode not in ("train", "eval"):
         raise UserError(f"m_sharpness.mode={m_mode}: use train or eval")
@@ -140,8 +143,10 @@ def measure(
         device = next(p.device for p in model.parameters() if p.requires_grad)
         with _mode(model, False):
             hvp = hvp_fn(model, loss_fn, batches)
-            out["density"] = slq_density(hvp, num_params(model), slq_iters, slq_runs,
-                                         seed=seed, dtype=dtype, device=device)
+            theta, tau = slq_nodes(hvp, num_params(model), slq_iters, slq_runs, seed=seed,
+                                   dtype=dtype, device=device)
+        out["slq"] = (theta, tau)
+        out["density"] = broadened(theta, tau)
     return out
 
 
@@ -169,22 +174,30 @@ def untouched(model: nn.Module, device: torch.device) -> Iterator[None]:
                 mod.training = flag
 
 
+def measured_epoch(s: SharpnessSettings, epoch: int, epochs: int) -> bool:
+    """Whether epoch ``epoch`` (1-based) of ``epochs`` is measured: a multiple of
+    ``s.every`` > 0 or the last epoch then, or one of ``s.epochs``."""
+    return bool(s.every and (epoch % s.every == 0 or epoch == epochs)) or epoch in s.epochs
+
+
 def epoch_sharpness(s: SharpnessSettings, model: nn.Module, splits: Any, epoch: int,
                     writer: Any = None, *, epochs: int, seed: int, batch_size: int, m: int,
-                    rho: float) -> dict[str, float]:
-    """The trainer's hook after epoch ``epoch`` (1-based) of ``epochs``: ``{}`` unless
-    ``sharpness.every`` is N > 0 and the epoch is a multiple of N or the last one; then
-    lambda_max, lambda_max / lambda_5, the Hutchinson trace (and its standard error) and
+                    rho: float, run_dir: str | Path | None = None) -> dict[str, float]:
+    """The trainer's hook after epoch ``epoch`` (1-based) of ``epochs``: ``{}`` unless the
+    epoch is measured (:func:`measured_epoch`: ``sharpness.every``, ``sharpness.epochs``);
+    then lambda_max, lambda_max / lambda_5, the Hutchinson trace (and its standard error) and
     m-sharpness on ``sharpness.images`` fixed training images (drawn from ``seed``), logged
     to TensorBoard as ``sharpness/<name>`` and returned as ``{"sharpness_<name>": value}``
     for the history. ``batch_size``, ``m``, ``rho``: the run's, used where ``s`` leaves its
-    own null.
+    own null. With ``sharpness.slq_runs > 0`` the SLQ spectral density too, written with the
+    eigenvalues to ``<run_dir>/spectrum/epoch_<epoch>.json`` (:mod:`sam.sharpness.spectrum`;
+    nothing is written when ``run_dir`` is None: DDP ranks > 0).
 
     ``splits`` is the :class:`sam.data.Splits` the run trains on. The measurement leaves the
     training trajectory bit-identical: see :func:`untouched`. Every DDP rank computes it (same
     weights and data, same values), so no rank waits on another.
     """
-    if not s.every or (epoch % s.every != 0 and epoch != epochs):
+    if not measured_epoch(s, epoch, epochs):
         return {}
     device = next(model.parameters()).device
     m = s.m or m  # under DDP the run's m is the per-rank batch
@@ -195,12 +208,18 @@ def epoch_sharpness(s: SharpnessSettings, model: nn.Module, splits: Any, epoch: 
                             splits.std, device)
         r = measure(model, x, y, batch_size=s.batch_size or batch_size, k=s.k,
                     iters=s.iters, trace_samples=s.trace_samples, m=[min(m, len(x))],
-                    rho=rho, seed=seed, dtype=vector_dtype(s.dtype))
+                    rho=rho, seed=seed, dtype=vector_dtype(s.dtype), slq_runs=s.slq_runs,
+                    slq_iters=s.slq_iters)
     values = {"lambda_max": r["lambda_max"], "lambda_ratio": r["lambda_ratio"],
               "trace": r["trace"], "m_sharpness": next(iter(r["m_sharpness"].values()))}
     out = {f"sharpness_{key}": float(v) for key, v in values.items()}
     out["sharpness_trace_stderr"] = float(r["trace_stderr"])
     out["sharpness_time_s"] = time.perf_counter() - t0
+    if "slq" in r and run_dir is not None:
+        settings = {"k": s.k, "iters": s.iters, "trace_samples": s.trace_samples,
+                    "dtype": s.dtype, "slq_runs": s.slq_runs, "slq_iters": s.slq_iters}
+        write_spectrum(run_dir, spectrum_document(epoch, r, *r["slq"], images=len(x),
+                                                  seed=seed, settings=settings))
     if writer is not None:
         for key in TB_TAGS:
             if math.isfinite(values[key]):

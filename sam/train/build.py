@@ -7,6 +7,7 @@ the order of the random draws, which a deterministic run reproduces bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,9 @@ from torch import nn
 from sam import distributed
 from sam.data import augment_options, dataset_options, load_splits, make_loader
 from sam.data.image_loader import IMAGE_SETS, image_loaders, image_stats
+from sam.data.mixup import MixupLoader
 from sam.errors import UserError
-from sam.optim import exclude_from_weight_decay, param_groups
+from sam.optim import BASE_OPTIONS, base_optimizer, exclude_from_weight_decay, param_groups
 from sam.runtime import fp32_precision, grad_scaler, seed_everything, set_fp32_precision
 from sam.settings import Settings
 from sam.train.placement import Placement
@@ -36,6 +38,7 @@ class Data:
     source: str
     splits: Any = None  # the uint8 CPU tensors behind the loaders (sharpness subset);
     # None for the image datasets (sam.data.image_sets), whose eval split counts as "test"
+    bootstrap: dict | None = None  # the bootstrap labels' record (sam.train.bootstrap)
 
 
 @dataclass
@@ -53,13 +56,14 @@ class Setup:
     fp32_precision: dict[str, str]  # what convolutions and matmuls compute in
 
 
-def build(s: Settings, place: Placement) -> Setup:
-    """Seed, load the data and make the model, optimizer, schedule and precision."""
+def build(s: Settings, place: Placement, relabel: Callable | None = None) -> Setup:
+    """Seed, load the data and make the model, optimizer, schedule and precision
+    (``relabel``: sets the training labels, see ``build_data``)."""
     device = place.device
     seed_everything(s.seed, s.deterministic)
     set_fp32_precision(s.fidelity.fp32_precision)
     computed = {"setting": s.fidelity.fp32_precision, **fp32_precision(device, place.amp_dtype)}
-    data = build_data(s, device)
+    data = build_data(s, device, relabel)
     data.train = distributed.shard(data.train, place.rank, place.world)
     data.eval = distributed.shard(data.eval, place.rank, place.world)
     net = initial_model(s, data).to(device)
@@ -100,15 +104,19 @@ def model_inputs(s: Settings, data: Data) -> dict[str, Any]:
     return {"in_mean": list(mean), "in_std": list(std)}
 
 
-def build_data(s: Settings, device: torch.device) -> Data:
-    """Load the dataset (synthetic fallback when allowed) and make the two loaders."""
+def build_data(s: Settings, device: torch.device, relabel: Callable | None = None) -> Data:
+    """Load the dataset (synthetic fallback when allowed) and make the two loaders.
+    ``relabel(splits, device)`` replaces the training labels and returns their record
+    (``bootstrap``: sam.train.bootstrap); ``augment.mixup_alpha`` > 0 mixes the batches."""
     d = s.dataset
     if d.name in IMAGE_SETS:  # image files through DataLoader workers; no uint8 splits
         sets, train, evaluation = image_loaders(
             d, s.augment, seed=s.seed, batch_size=s.batch_size,
             eval_batch_size=s.eval_batch_size, device=device)
-        return Data(train, evaluation, sets.num_classes, sets.name, "test", sets.source)
+        return Data(with_mixup(train, s, sets.num_classes), evaluation, sets.num_classes,
+                    sets.name, "test", sets.source)
     splits = load_splits(d, s.seed)
+    record = relabel(splits, device) if relabel is not None else None
     eval_x, eval_y = splits.test_x, splits.test_y
     if d.test_subset is not None:
         eval_x, eval_y = eval_x[: d.test_subset], eval_y[: d.test_subset]
@@ -121,16 +129,29 @@ def build_data(s: Settings, device: torch.device) -> Data:
                         **augment_options(s.augment), **dataset_options(d), **common)
     evaluation = make_loader(eval_x, eval_y, batch_size=s.eval_batch_size, augment="none",
                              shuffle=False, drop_last=False, num_workers=0, **common)
-    return Data(train, evaluation, splits.num_classes, splits.name,
-                getattr(splits, "eval_split", "test"), splits.source, splits=splits)
+    return Data(with_mixup(train, s, splits.num_classes), evaluation, splits.num_classes,
+                splits.name, getattr(splits, "eval_split", "test"), splits.source,
+                splits=splits, bootstrap=record)
+
+
+def with_mixup(train: Any, s: Settings, num_classes: int) -> Any:
+    """The training loader, its batches mixed when ``augment.mixup_alpha`` > 0 (Mixup,
+    sam.data.mixup: before DDP's slicing, so the global batch is mixed)."""
+    alpha = s.augment.mixup_alpha
+    return MixupLoader(train, alpha, num_classes, s.seed) if alpha else train
 
 
 def build_optimizer(s: Settings, model: nn.Module) -> torch.optim.Optimizer:
     """Instantiate the optim group (a partial of SAM, a SAM variant or SGD) on the model's
-    parameters: SAM's param groups by ``optim.perturb`` (SAM-ON: norm layers only), the
-    1-d parameters without weight decay (``wd_exclude_norm_bias``), the run's seed for
+    parameters: around the base optimizer ``optim.base`` names, with its own options
+    (sam.optim.bases), SAM's param groups by ``optim.perturb`` (SAM-ON: norm layers only),
+    the 1-d parameters without weight decay (``wd_exclude_norm_bias``), the run's seed for
     ``optim.ascent=random``."""
-    spec = {k: v for k, v in s.optim.spec.items() if k not in ("name", "variant", "perturb")}
+    spec = {k: v for k, v in s.optim.spec.items()
+            if k not in ("name", "variant", "perturb", "base", *BASE_OPTIONS)}
+    cls, own = base_optimizer(s.optim.base, s.optim.spec)
+    spec.update(own, base_optimizer={"_target_": "hydra.utils.get_class",
+                                     "path": f"torch.optim.{cls.__name__}"})
     try:
         params = param_groups(model, spec.get("rho", 0.0), s.optim.perturb)
     except ValueError as err:  # SAM-ON on a model without normalization layers
@@ -140,6 +161,6 @@ def build_optimizer(s: Settings, model: nn.Module) -> torch.optim.Optimizer:
     if s.optim.ascent == "random":
         spec["seed"] = s.seed
     try:
-        return instantiate(spec)(params)
+        return instantiate(spec, _convert_="all")(params)  # lists as lists (betas)
     except ValueError as err:  # sam.optim speaks in its arguments' names
         raise UserError(f"optim: {err}: fix the optim.* setting") from None

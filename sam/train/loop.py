@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sam import distributed
+from sam.data.mixup import hard_labels
 from sam.models import true_gradient
 from sam.optim import SAM, sam_step
 
@@ -110,7 +111,8 @@ def _raise_if_bad(first_bad: int) -> None:
 def training_loss(label_smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
     """The training loss: cross-entropy, or with label smoothing a > 0 (as the official
     code's) the mean over the batch of (1 - a) CE(y) + a mean_k(-log p_k), k over all K
-    classes: CE against the target (1 - a) onehot(y) + a / K."""
+    classes: CE against the target (1 - a) onehot(y) + a / K. A Mixup batch's soft
+    targets t (B, K) take the same rule: CE against (1 - a) t + a / K (sam.data.mixup)."""
     if not label_smoothing:
         return F.cross_entropy
     return partial(F.cross_entropy, label_smoothing=float(label_smoothing))
@@ -164,7 +166,7 @@ def train_epoch(model, optimizer, scheduler, loader, options: StepOptions, amp_d
                              sync_ascent=o.sync_ascent, shard_impl=o.m_impl,
                              ascent_context=ascent_context, accumulate=o.accumulate)
         scheduler.step()
-        meter.update(loss, out, y)
+        meter.update(loss, out, hard_labels(y))  # Mixup's soft targets: the larger weight
         if after_step is not None and after_step(meter):
             return None
     return meter.result()

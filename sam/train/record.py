@@ -1,5 +1,6 @@
 """What a run records: its results dict (written to results.json, schema in
-:mod:`sam.results`) and its TensorBoard scalars and hparams.
+:mod:`sam.results`) and its scalars and hparams, to TensorBoard and the other chosen
+trackers (:mod:`sam.train.trackers`, ``logger=[...]``).
 
 Only rank 0 writes; the other ranks log to a ``_NoWriter``.
 """
@@ -9,15 +10,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from torch.utils.tensorboard import SummaryWriter
-
 from sam.optim import variant_label
 from sam.results import SCHEMA_VERSION
 from sam.runtime import precision_name, versions
-from sam.settings import Settings
+from sam.settings import LoggerSettings, Settings
+from sam.settings.schema import TensorBoardLoggerSettings
 from sam.train.build import Setup
 from sam.train.loop import Diverged
 from sam.train.placement import Placement
+from sam.train.trackers import Trackers, open_trackers
+from sam.train.trackers.base import run_info
 
 
 def new_results(s: Settings, place: Placement, setup: Setup, config: dict,
@@ -75,15 +77,21 @@ def add_failure(results: dict, err: BaseException) -> None:
     results["error"] = f"{type(err).__name__}: {err}"
 
 
-def open_writer(run_dir: Path, start_epoch: int, main: bool):
-    """TensorBoard's writer for ``run_dir/tensorboard`` on rank 0 (dropping any events of
-    epochs after ``start_epoch``, which a resumed run trains again), else a ``_NoWriter``."""
+def open_writer(run_dir: Path, start_epoch: int, main: bool,
+                logger: LoggerSettings | None = None, config: dict | None = None,
+                fresh: bool = True):
+    """The run's trackers on rank 0 (``logger``; None: TensorBoard only), else a
+    ``_NoWriter``: a :class:`~sam.train.trackers.Trackers` that takes ``add_scalar``
+    as TensorBoard's writer does. TensorBoard writes ``run_dir/tensorboard``, dropping
+    any events of epochs after ``start_epoch`` (a resumed run trains them again); the
+    others get ``config`` (the resolved config) as their params."""
     if not main:
         return _NoWriter()
-    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
+    info = run_info(run_dir, config or {}, fresh=fresh, start_epoch=start_epoch)
+    return open_trackers(logger or LoggerSettings(tensorboard=TensorBoardLoggerSettings()), info)
 
 
-def log_epoch(writer: SummaryWriter, m: dict) -> None:
+def log_epoch(writer: Trackers, m: dict) -> None:
     """One epoch's scalars, at step = the epoch (from 1)."""
     step = m["epoch"]
     for key in ("train_loss", "train_error", "test_loss", "test_error"):
@@ -109,6 +117,8 @@ def _summary(s: Settings, choices: dict[str, str], data_name: str, eval_split: s
     model = choices.get("model", s.model.spec["_target_"])
     if s.model.spec.get("_target_") == "sam.models.timm_model.timm_model":  # model=timm
         model = f"timm/{s.model.spec['name']}"  # the net, so that reports keep timm nets apart
+    if s.model.spec.get("norm", "batchnorm") != "batchnorm":  # a row of its own in reports
+        model = f"{model} norm={s.model.spec['norm']}"
     return {"dataset": data_name, "model": model,
             "augment": s.augment.name, "optim": s.optim.name,
             "rho": s.optim.rho if s.is_sam else None, "m": s.m,  # SGD: BatchNorm shards

@@ -32,8 +32,9 @@ from sam import distributed
 from sam.data import check_image_config
 from sam.errors import UserError
 from sam.results import remove_stale_temps, write_json
-from sam.settings import Settings, read_settings
+from sam.settings import LoggerSettings, Settings, read_settings
 from sam.sharpness import epoch_sharpness
+from sam.train.bootstrap import record_labels, relabeller
 from sam.train.build import Setup, build
 from sam.train.checkpoint import (
     RunDir,
@@ -82,13 +83,15 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
             log.info("run in %s is already complete (final test error %.2f%%): nothing to do",
                      directory.path, previous["final"]["test_error"])
             return previous
-        setup = build(s, placement)
+        # bootstrap=: the training labels a finished run predicts (sam.train.bootstrap)
+        setup = build(s, placement, relabeller(s, config, directory.path, directory.main))
         results = new_results(s, placement, setup, config, overrides, choices,
                               backend=distributed.backend())
+        record_labels(results, s, setup.data.bootstrap)  # Table 4: bootstrap, Mixup
         start = resume(s, placement, setup, directory, config, results)
         progress = _progress_enabled(s.progress, multirun) and directory.main
         writer = open_run_dir(directory, results, start_epoch=start.epoch, fresh=start.fresh,
-                              invocation_files=invocation_files)
+                              invocation_files=invocation_files, logger=s.logger)
         saver = Saver(s.checkpoint_every_steps, setup, directory, results, stop,
                       ddp=placement.ddp)
         try:
@@ -111,7 +114,7 @@ def validate(cfg: DictConfig) -> tuple[Settings, Placement]:
     """The run's checked settings and placement, read once from the composed config;
     UserError (problem and fix on one line) for a config that cannot run."""
     settings = read_settings(OmegaConf.to_container(cfg, resolve=True))
-    check_image_config(settings.dataset, settings.augment.name, settings.sharpness.every)
+    check_image_config(settings.dataset, settings.augment.name, settings.sharpness.on)
     return settings, place(settings)
 
 
@@ -147,16 +150,17 @@ def locked(directory: RunDir) -> Iterator[None]:
 
 
 def open_run_dir(directory: RunDir, results: dict, *, start_epoch: int, fresh: bool,
-                 invocation_files: dict[str, str] | None):
+                 invocation_files: dict[str, str] | None, logger: LoggerSettings | None = None):
     """Write the invocation's config files, then (once every rank has read the directory)
     remove temp files a killed write left and write the first results.json. Returns the
-    TensorBoard writer."""
+    trackers (TensorBoard and ``logger``'s others: :mod:`sam.train.trackers`)."""
     if directory.main and invocation_files:
         with writing(directory.path / ".hydra"):
             write_invocation(directory.path, invocation_files, fresh=fresh)
     distributed.barrier()  # every rank has read the run directory before rank 0 writes
     with writing(directory.path / "tensorboard"):
-        writer = open_writer(directory.path, start_epoch, directory.main)
+        writer = open_writer(directory.path, start_epoch, directory.main, logger,
+                             results["config"], fresh)  # TensorBoard and logger=[...]
     if directory.main:
         for folder in (directory.path, directory.checkpoint.parent):
             remove_stale_temps(folder)
@@ -168,8 +172,8 @@ def open_run_dir(directory: RunDir, results: dict, *, start_epoch: int, fresh: b
 def train_epochs(s: Settings, placement: Placement, setup: Setup, saver: Saver, results: dict,
                  writer, *, start: Start, progress: bool) -> None:
     """Train the epochs from ``start``: each trained, evaluated, logged, measured
-    (``sharpness.every``), added to the history and checkpointed. A stop signal ends
-    it with ``Preempted`` once its checkpoint is written."""
+    (``sharpness.every`` / ``sharpness.epochs``), added to the history and checkpointed. A
+    stop signal ends it with ``Preempted`` once its checkpoint is written."""
     events = saver.directory.path / "tensorboard"
     options = step_options(s, placement)
     for epoch in range(start.epoch, s.epochs):
@@ -189,11 +193,12 @@ def train_epochs(s: Settings, placement: Placement, setup: Setup, saver: Saver, 
                  "%.0f img/s", epoch + 1, s.epochs, metrics["train_loss"],
                  metrics["train_error"], setup.data.eval_split, metrics["test_loss"],
                  metrics["test_error"], metrics["images_per_sec"])
-        with writing(events):
+        with writing(events):  # TensorBoard; spectrum/epoch_<n>.json (sharpness.slq_runs)
             metrics.update(epoch_sharpness(
                 s.sharpness, setup.net, setup.data.splits, epoch + 1, writer, epochs=s.epochs,
                 seed=s.seed, batch_size=s.batch_size, m=placement.effective_m,
-                rho=s.optim.rho if s.is_sam else s.rho))
+                rho=s.optim.rho if s.is_sam else s.rho,
+                run_dir=saver.directory.path if saver.directory.main else None))
         add_epoch(results, metrics)
         saver.after_epoch(epoch + 1)
 
@@ -257,6 +262,7 @@ def close(directory: RunDir, results: dict, writer) -> None:
     except OSError as err:
         log.warning("could not record status %s in %s: %s", results["status"],
                     directory.results, err)
+    writer.end(results, directory.results)  # the trackers' status; never raises
     try:
         writer.close()
     except OSError as err:
