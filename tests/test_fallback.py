@@ -72,6 +72,17 @@ def _sam(module: str, *args: str, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=300)
 
 
+def test_a_demo_preset_with_the_synthetic_dataset_makes_its_subset(bare_cwd):
+    """experiment=demo asks for a subset larger than synthetic's 1,024 generated images:
+    that many are generated (as the fallback does), not "dataset.subset is out of range"."""
+    demo = make("experiment=demo")
+    s = splits_of(make("experiment=demo", "dataset=synthetic"))
+    assert (len(s.train_x), len(s.test_x)) == (demo.dataset.subset, demo.dataset.test_subset)
+    assert s.name == "synthetic"
+    small = splits_of(make("dataset=synthetic", "dataset.subset=100"))  # within: the first 100
+    assert len(small.train_x) == 100 and len(small.test_x) == 256
+
+
 def test_fallback_run_is_labelled_in_results_and_report_and_a_typo_exits_2(tmp_path):
     small = ["experiment=demo", "epochs=1", "dataset.subset=128", "dataset.test_subset=64"]
     proc = _sam("sam.cli", *small, "data_dir=typo", "hydra.run.dir=bad", cwd=tmp_path)

@@ -87,9 +87,9 @@ def load_splits(d: DatasetSettings, seed: int) -> Splits:
     default location (``data``, SAM_DATA unset)."""
     kwargs = dict(subset=d.subset, val_fraction=d.val_fraction, seed=seed)
     try:
-        if d.name == "synthetic":
-            splits = load_dataset("synthetic", "", synthetic_size=(d.train_size, d.test_size),
-                                  **kwargs)
+        if d.name == "synthetic":  # generated: a subset larger than train_size is made
+            size = (max(d.train_size, d.subset or 0), max(d.test_size, d.test_subset or 0))
+            splits = load_dataset("synthetic", "", synthetic_size=size, **kwargs)
         else:
             options = ({"extra": d.extra, "stats": d.stats} if d.name == "svhn" else
                        {"stats": d.stats} if d.name == "fashion_mnist" else None)
@@ -108,7 +108,8 @@ def _synthetic_fallback(d: DatasetSettings, err: DataMissing, kwargs: dict[str, 
     (else 4096); said loudly, and named ``synthetic (fallback for <dataset>)`` so that
     results.json and every report row show it."""
     log.warning("NOTICE: %s -- FALLING BACK TO SYNTHETIC DATA (dataset.fallback_synthetic="
-                "true): these results are NOT %s", err, d.name)
+                "true): these results are NOT %s, and synthetic data shows nothing about "
+                "SAM: it only checks that the pipeline runs", err, d.name)
     size = (d.subset or 4096, d.test_subset or 1024)
     splits = load_dataset("synthetic", "", synthetic_size=size, **kwargs)
     splits.name, splits.fallback = f"synthetic (fallback for {d.name})", str(err)

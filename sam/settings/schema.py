@@ -50,8 +50,10 @@ class DatasetSettings:
     aa_policy: str = setting("cifar", choices=("cifar", "svhn"),
                              doc="augment=autoaugment's official policy")
     aa_crop_flip: bool = setting(True, doc="augment=autoaugment: crop and flip after it")
-    train_size: int = setting(1024, ge=1, doc="synthetic: training images")
-    test_size: int = setting(256, ge=1, doc="synthetic: test images")
+    train_size: int = setting(1024, ge=1, doc="synthetic: training images (or subset's, "
+                              "if larger)")
+    test_size: int = setting(256, ge=1, doc="synthetic: test images (or test_subset's, "
+                             "if larger)")
     root: str | None = setting(None, doc="image sets: folder under data_dir")
     train_split: str = setting("train", doc="image sets: the split trained on")
     test_split: str = setting("test", doc="image sets: the split evaluated")
