@@ -81,11 +81,10 @@ TINY_RUN = ["dataset=synthetic", "model=resnet20", "model.depth=8", "batch_size=
             "epochs=2", "deterministic=true", "device=cpu", "progress=false"]
 
 
-def preempt_after_steps(monkeypatch, steps: int) -> None:
-    """SIGTERM to this process right after the ``steps``-th training step (the run stops
-    there with Preempted); ``monkeypatch.undo()`` restores the step."""
+def signal_after_steps(steps: int, signum: int):
+    """sam.train.loop's ``sam_step``, wrapped to send ``signum`` to this process right after
+    the ``steps``-th call (set it as ``loop.sam_step``)."""
     import os
-    import signal
 
     from sam.train import loop
 
@@ -95,7 +94,17 @@ def preempt_after_steps(monkeypatch, steps: int) -> None:
         out = real(*args, **kwargs)
         calls.append(1)
         if len(calls) == steps:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return out
 
-    monkeypatch.setattr(loop, "sam_step", step_then_signal)
+    return step_then_signal
+
+
+def preempt_after_steps(monkeypatch, steps: int) -> None:
+    """SIGTERM to this process right after the ``steps``-th training step (the run stops
+    there with Preempted); ``monkeypatch.undo()`` restores the step."""
+    import signal
+
+    from sam.train import loop
+
+    monkeypatch.setattr(loop, "sam_step", signal_after_steps(steps, signal.SIGTERM))

@@ -272,3 +272,21 @@ def test_wrn_batchnorm_default_builds_the_same_network_as_without_the_option():
     assert repr(a) == repr(b) and sum(isinstance(m, nn.BatchNorm2d) for m in a.modules()) == 7
     assert all(torch.equal(u, v) for u, v in zip(a.state_dict().values(),
                                                   b.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize(("overrides", "name"), [
+    (["model=resnet20"], "resnet20"),
+    (["model=resnet20", "model.depth=8"], "resnet8"),  # the net trained, not its file
+    (["model=wrn16_8", "model.depth=10", "model.widen_factor=1"], "wrn10_1"),
+    (["model=wrn40_10", "model.norm=none"], "wrn40_10 norm=none"),
+    (["model=resnet18"], "resnet18"),
+])
+def test_results_name_the_model_that_trained(overrides, name):
+    from helpers import compose_train, settings_of
+
+    from sam.train.record import _summary
+
+    cfg = compose_train(*overrides)
+    choice = overrides[0].split("=")[1]
+    summary = _summary(settings_of(cfg), {"model": choice}, "cifar10", "test")
+    assert summary["model"] == name

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import stub_srun
+from helpers import signal_after_steps, stub_srun
 from hydra import compose, initialize_config_module
 
 import sam.train.loop as loop
@@ -539,16 +539,7 @@ def _ddp_worker(rank: int, port: int, run_dir: str, signal_at: int) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     if signal_at and rank == 1:
-        real, calls = loop.sam_step, []
-
-        def step_then_signal(*args, **kwargs):
-            out = real(*args, **kwargs)
-            calls.append(1)
-            if len(calls) == signal_at:
-                os.kill(os.getpid(), signal.SIGUSR1)
-            return out
-
-        loop.sam_step = step_then_signal
+        loop.sam_step = signal_after_steps(signal_at, signal.SIGUSR1)
     from sam import distributed
 
     try:

@@ -37,8 +37,8 @@ def test_every_option_of_every_group_reads_into_settings(group):
 
 def test_settings_are_typed_and_frozen():
     s = settings_of(compose_train("experiment=demo", "dataset.subset=512"))
-    assert (s.epochs, s.batch_size, s.dataset.subset, s.optim.name) == (4, 128, 512, "sam")
-    assert s.optim.rho == 0.05 and s.optim.spec["_target_"] == "sam.optim.SAM"
+    assert (s.epochs, s.batch_size, s.dataset.subset, s.optim.name) == (20, 128, 512, "sam")
+    assert s.optim.rho == 0.1 and s.optim.spec["_target_"] == "sam.optim.SAM"
     assert s.dataset.crop_scale == (0.08, 1.0)  # lists become tuples
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.epochs = 3  # type: ignore[misc]

@@ -114,11 +114,17 @@ class _NoWriter:
 
 
 def _summary(s: Settings, choices: dict[str, str], data_name: str, eval_split: str) -> dict:
-    model = choices.get("model", s.model.spec["_target_"])
-    if s.model.spec.get("_target_") == "sam.models.timm_model.timm_model":  # model=timm
-        model = f"timm/{s.model.spec['name']}"  # the net, so that reports keep timm nets apart
-    if s.model.spec.get("norm", "batchnorm") != "batchnorm":  # a row of its own in reports
-        model = f"{model} norm={s.model.spec['norm']}"
+    spec = s.model.spec
+    model = choices.get("model", spec["_target_"])
+    if spec.get("_target_") == "sam.models.timm_model.timm_model":  # model=timm
+        model = f"timm/{spec['name']}"  # the net, so that reports keep timm nets apart
+    # the net trained, not the file it started from: model=resnet20 model.depth=8 is a ResNet-8
+    elif spec.get("_target_") == "sam.models.resnet.CifarResNet" and "depth" in spec:
+        model = f"resnet{spec['depth']}"
+    elif spec.get("_target_") == "sam.models.wrn.WideResNet" and "depth" in spec:
+        model = f"wrn{spec['depth']}_{spec.get('widen_factor', 1)}"
+    if spec.get("norm", "batchnorm") != "batchnorm":  # a row of its own in reports
+        model = f"{model} norm={spec['norm']}"
     return {"dataset": data_name, "model": model,
             "augment": s.augment.name, "optim": s.optim.name,
             "rho": s.optim.rho if s.is_sam else None, "m": s.m,  # SGD: BatchNorm shards
