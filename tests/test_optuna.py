@@ -1,5 +1,5 @@
-"""sam-search (sam/cli/search.py, sam/train/search.py): an Optuna study over sam-train runs on tiny synthetic
-data; the study read back with Optuna's own API, the trials' run directories with
+"""sam-search (sam/cli/search.py, sam/train/search.py): an Optuna study over sam-train runs
+on tiny synthetic data; the study read back with Optuna's own API, the trials' run directories with
 sam-report's reader."""
 
 from __future__ import annotations
