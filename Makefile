@@ -24,7 +24,7 @@ cifar: setup
 	@if [ -z "$$SAM_DATA" ] && [ ! -d data/cifar-10-batches-py ] && [ -x $(SHARED_DATA)/materialize ]; then \
 		PYTHON=$(PY) $(SHARED_DATA)/materialize data && touch data/.repacked; fi
 
-# The demo (configs/experiment/demo.yaml): SGD vs SAM under 40% label noise, ~4 min; its
+# The demo (configs/experiment/demo.yaml): SGD vs SAM under 40% label noise, ~3 min; its
 # closing lines (sam/report/demo.py) say what the two runs showed and what they do not.
 demo: cifar
 	D=outputs/demo/$$(date +%Y-%m-%d_%H-%M-%S) && \
