@@ -152,8 +152,26 @@ def test_hydra_help_is_still_hydras(helps):
 
 def test_every_console_script_has_a_teaching_help():
     """sam-train, sam-report (argparse) and the Hydra tools below; a new script must join."""
-    assert set(SCRIPTS) == {"sam-train", "sam-report"} | {f"sam-{name}" for name in TOOLS}
+    assert set(SCRIPTS) == {"sam-train", "sam-report", "sam-search"} | {
+        f"sam-{name}" for name in TOOLS}
     assert "sharpness" in TOOLS
+
+
+def test_sam_search_help_teaches(monkeypatch, capsys):
+    """sam-search's options are the search node: every SearchSettings field is named."""
+    import dataclasses
+
+    from helpers import console_in_process
+
+    from sam.cli.search import search_main
+    from sam.settings.schema import SearchSettings
+
+    code, out, _ = console_in_process(monkeypatch, capsys, "sam-search", search_main, "--help")
+    lines = out.rstrip("\n").splitlines()
+    assert code == 0 and len(lines) <= 60 and lines[0].startswith("sam-search: ")
+    for field in dataclasses.fields(SearchSettings):
+        assert f"  search.{field.name} " in out, field.name
+    assert out.count("\n  sam-search ") >= 3 and "Outputs:" in out
 
 
 @pytest.mark.parametrize("name", sorted(TOOLS))

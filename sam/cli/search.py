@@ -1,23 +1,34 @@
-"""``sam-search`` (``python -m sam.cli.search``): an Optuna study over sam-train runs,
-minimizing the final validation error.
+"""sam-search: an Optuna study of sam-train runs, minimizing the final validation error.
 
-    sam-search experiment=rho_search_optuna search.trials=20 [overrides ...]
+Usage: sam-search [sam-train overrides ...] [search.<option>=VALUE ...]
+       (python -m sam.cli.search is the same)
 
-The search space, the number of trials and the study's name are the config's ``search``
-node (configs/experiment/rho_search_optuna.yaml; ``SearchSettings``); everything else is
-sam-train's config, composed the same way. Each trial is an ordinary run directory
-``<search.dir>/trial_<n>/`` (results.json, checkpoints, trackers), trained in this process,
-so ``sam-report <search.dir>`` tabulates the trials. The study lives in
-``<search.dir>/optuna.db`` (SQLite) under a fixed name: the same command again adds the
-trials still missing from ``search.trials`` and first finishes a trial that was interrupted
-(same parameters, same directory: the run resumes from its checkpoint).
+Examples:
+  sam-search experiment=rho_search_optuna                    # WRN-28-10, 20 trials of rho
+  sam-search experiment=rho_search_optuna search.trials=30   # the same study, to 30 trials
+  sam-search experiment=rho_search_optuna '+search.params.lr={low:0.02,high:0.5,log:true}'
 
-The objective is the validation error (``dataset.val_fraction`` > 0, as the paper chose rho
-on a held-out 10% of the training set); a search without a validation split is refused.
-The study's loop is sam/train/search.py; this entry point composes the trials' configs.
-Not Hydra's ``hydra/sweeper=optuna``: hydra-optuna-sweeper 1.3 pins optuna < 3, and Hydra
-1.3.8 instantiates sweepers only from the ``hydra_plugins`` package (docs/recipes.md).
+Options (the config's search node; everything else is sam-train's config, composed alike):
+  search.params   the search space: a config key -> {low, high, log}
+                  (rho_search_optuna: rho: {low: 0.01, high: 0.5, log: true})
+  search.trials   finished trials in all [20]; a rerun adds the missing ones
+  search.study    the study's name in its storage [rho_search]
+  search.dir      the study's folder [null = outputs/search/<study>]
+  search.seed     the TPE sampler's seed [0]
+
+Outputs:
+  <search.dir>/optuna.db    the study (SQLite): the same command resumes it, first
+                            finishing an interrupted trial (same values, same directory)
+  <search.dir>/trial_<n>/   an ordinary run directory per trial: sam-report <search.dir>
+  <search.dir>/search.log   the trials' log lines
+
+The objective is the validation error: dataset.val_fraction > 0 (the paper held out 10% of
+the training set); a search without it is refused. A bad config: one line, exit 2; Ctrl-C:
+exit 130 (rerun to resume). Not Hydra's hydra/sweeper=optuna: hydra-optuna-sweeper 1.3 pins
+optuna < 3 (docs/recipes.md).
 """
+
+# The study's loop is sam/train/search.py; this entry point composes the trials' configs.
 
 from __future__ import annotations
 
